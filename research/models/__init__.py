@@ -1,0 +1,12 @@
+"""Model zoo. ``create(name, num_classes=..., **kw)`` -> linen module; ``names()`` lists them.
+
+Importing this package registers every model family.
+"""
+
+from research.models.registry import create, names, register, register_pattern
+
+# Families register themselves on import.
+from research.models import cifar_resnet as _cifar_resnet  # noqa: F401,E402
+from research.models import resnet as _resnet  # noqa: F401,E402
+
+__all__ = ["create", "names", "register", "register_pattern"]

@@ -1,0 +1,142 @@
+"""ResNet v1 (He et al., CVPR 2016) with the ImageNet stem; ResNeXt-style grouped width hooks.
+
+Stride sits on the 3x3 conv of the bottleneck ("v1.5", as in torchvision); parameter counts equal v1:
+ResNet-50 with 1000 classes has 25,557,032 parameters.
+
+Backbone API (shared by every backbone in ``research.models``):
+  * ``__call__(x, *, train)`` -> logits ``[B, num_classes]`` (float32).
+  * ``features_only=True`` -> dict of feature maps: ``stem``, ``stage1``..``stageS``, the FPN aliases
+    ``C{k}`` (output stride 2**k, e.g. ``C2``..``C5`` for ImageNet ResNets) and ``pooled`` ``[B, D]``.
+  * ``start_stage=k`` (k >= 1) skips the stem and stages < k: the input is the activation that enters
+    stage k (e.g. cached ``stage{k-1}`` features). Parameter names do not depend on it, so the same
+    variables apply (Task2Vec's ``skip_layers``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from research.layers.common import (batch_norm, classifier, conv, global_avg_pool, max_pool_3x3_s2,
+                                    stride_key)
+from research.models.registry import register
+
+Dtype = Any
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convs (ResNet-18/34)."""
+  features: int
+  strides: int = 1
+  groups: int = 1
+  base_width: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_last_bn: bool = False
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    bn = lambda **a: batch_norm(axis_name=self.bn_axis_name, **kw, **a)
+    residual = x
+    y = conv(self.features, 3, self.strides, **kw)(x)
+    y = nn.relu(bn()(y, use_running_average=not train))
+    y = conv(self.features, 3, **kw)(y)
+    y = bn(zero_init=self.zero_init_last_bn)(y, use_running_average=not train)
+    if residual.shape != y.shape:
+      residual = conv(self.features, 1, self.strides, name="downsample_conv", **kw)(residual)
+      residual = bn(name="downsample_bn")(residual, use_running_average=not train)
+    return nn.relu(y + residual)
+
+
+class Bottleneck(nn.Module):
+  """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand (x4)."""
+  features: int
+  strides: int = 1
+  groups: int = 1
+  base_width: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_last_bn: bool = False
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    bn = lambda **a: batch_norm(axis_name=self.bn_axis_name, **kw, **a)
+    width = int(self.features * (self.base_width / 64.0)) * self.groups
+    out = self.features * self.expansion
+    residual = x
+    y = nn.relu(bn()(conv(width, 1, **kw)(x), use_running_average=not train))
+    y = nn.relu(bn()(conv(width, 3, self.strides, groups=self.groups, **kw)(y), use_running_average=not train))
+    y = bn(zero_init=self.zero_init_last_bn)(conv(out, 1, **kw)(y), use_running_average=not train)
+    if residual.shape != y.shape:
+      residual = conv(out, 1, self.strides, name="downsample_conv", **kw)(residual)
+      residual = bn(name="downsample_bn")(residual, use_running_average=not train)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ImageNet ResNet/ResNeXt backbone + linear classifier. Input ``[B, H, W, 3]``."""
+  stage_sizes: Sequence[int]
+  block_cls: type = Bottleneck
+  num_classes: int = 1000
+  width: int = 64
+  groups: int = 1
+  base_width: int = 64
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  bn_axis_name: str | None = None
+  zero_init_last_bn: bool = False
+  features_only: bool = False
+  start_stage: int = 0
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    feats: dict[str, jnp.ndarray] = {}
+    stride = 4
+    if self.start_stage == 0:
+      x = conv(self.width, 7, 2, padding=[(3, 3), (3, 3)], name="stem_conv", **kw)(x.astype(self.dtype))
+      x = batch_norm(axis_name=self.bn_axis_name, name="stem_bn", **kw)(x, use_running_average=not train)
+      x = max_pool_3x3_s2(nn.relu(x))
+      feats["stem"] = x
+    for i, n_blocks in enumerate(self.stage_sizes):
+      stage = i + 1
+      if stage > 1:
+        stride *= 2
+      if stage < self.start_stage:
+        continue
+      for j in range(n_blocks):
+        x = self.block_cls(self.width * 2**i, strides=2 if (j == 0 and i > 0) else 1, groups=self.groups,
+                           base_width=self.base_width, bn_axis_name=self.bn_axis_name,
+                           zero_init_last_bn=self.zero_init_last_bn, name=f"stage{stage}_block{j}", **kw)(
+                               x, train=train)
+      feats[f"stage{stage}"] = x
+      feats[stride_key(stride)] = x
+    pooled = global_avg_pool(x)
+    if self.features_only:
+      feats["pooled"] = pooled
+      return feats
+    return classifier(self.num_classes, **kw)(pooled).astype(jnp.float32)
+
+
+def _resnet(stage_sizes, block_cls, **defaults):
+  def factory(**kw):
+    return ResNet(stage_sizes=stage_sizes, block_cls=block_cls, **{**defaults, **kw})
+  return factory
+
+
+for _name, _sizes, _block in [
+    ("resnet18", (2, 2, 2, 2), BasicBlock),
+    ("resnet34", (3, 4, 6, 3), BasicBlock),
+    ("resnet50", (3, 4, 6, 3), Bottleneck),
+    ("resnet101", (3, 4, 23, 3), Bottleneck),
+    ("resnet152", (3, 8, 36, 3), Bottleneck),
+]:
+  register(_name)(_resnet(_sizes, _block))

@@ -1,0 +1,11 @@
+"""Test configuration: 4 simulated CPU devices for data-parallel tests, CPU only, quiet logs."""
+
+import os
+
+# Must happen before jax is imported anywhere in the test session.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")
