@@ -1,0 +1,202 @@
+"""Input pipelines: ``tfds.data_source`` (array_record, no TensorFlow) + grain, sharded per JAX process.
+
+* ``get_source(name, split, data_dir)``: random-access source. Procedural datasets (``shapes``) are built
+  into ``data_dir`` on first use; any other TFDS dataset must already be prepared there in array_record
+  format (``tfds build cifar100 --file_format=array_record --data_dir=DIR``).
+* ``train_loader(...)``: infinite, seeded shuffle, per-process shard (``ShardByJaxProcess``), augmentation,
+  batching; a ``grain.DataLoader`` whose iterator state is checkpointable (``get_state``/``set_state``).
+* ``eval_batches(...)``: one deterministic pass, padded to full global batches with a ``mask``.
+* ``load_arrays(...)``: a whole split as numpy arrays (Task2Vec builds its task suites from these).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
+from research.data import shapes_render
+
+PROCEDURAL = {"shapes": shapes_lib.Shapes}
+AUGMENTATIONS = ("none", "crop", "crop_flip")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What a model and a trainer need to know about a dataset."""
+  name: str
+  num_classes: int
+  num_coarse_classes: int | None
+  image_shape: tuple[int, int, int]
+  num_train: int
+  num_test: int
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  default_augment: str
+  eval_split: str
+
+
+# Per-channel statistics (of [0,1] pixels) and default augmentation. Unknown datasets use 0.5 / 0.25.
+_STATS = {
+    "shapes": ((0.502, 0.494, 0.500), (0.296, 0.294, 0.295), "crop"),  # flips change shape classes
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip"),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"),
+}
+
+
+def default_data_dir() -> str:
+  return os.environ.get("RESEARCH_DATA_DIR", os.path.join(os.path.expanduser("~"), "research_datasets"))
+
+
+def _builder(name: str, data_dir: str | None):
+  data_dir = data_dir or default_data_dir()
+  if name in PROCEDURAL:
+    builder = PROCEDURAL[name](data_dir=data_dir)
+    if not builder.is_prepared():
+      builder.download_and_prepare(file_format="array_record")
+    return builder
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # unknown name or unreadable directory
+    raise ValueError(
+        f"--dataset={name!r} is neither an offline procedural dataset ({', '.join(PROCEDURAL)}) nor a TFDS "
+        f"dataset readable from --data_dir={data_dir!r}: {e}") from None
+  if not builder.is_prepared():
+    raise ValueError(
+        f"--dataset={name!r} is not prepared in --data_dir={data_dir!r}. Nothing can be downloaded here: "
+        f"prepare it on a machine with network access with `tfds build {name} --file_format=array_record "
+        f"--data_dir=DIR` and pass --data_dir=DIR.")
+  return builder
+
+
+def get_source(name: str, split: str, data_dir: str | None = None):
+  """Random-access source of decoded examples (dicts of numpy arrays / ints)."""
+  builder = _builder(name, data_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+  try:
+    return builder.as_data_source(split=split)
+  except NotImplementedError as e:  # prepared as tfrecord: random access needs array_record
+    raise ValueError(
+        f"dataset {name!r} in {builder.data_dir} is not in array_record format ({e}); rebuild it with "
+        f"`tfds build {name} --file_format=array_record`.") from None
+
+
+def get_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
+  builder = _builder(name, data_dir)
+  info = builder.info
+  features = info.features
+  if "image" not in features or "label" not in features:
+    raise ValueError(f"dataset {name!r} needs 'image' and 'label' features; it has {sorted(features)}")
+  coarse = features["coarse_label"].num_classes if "coarse_label" in features else None
+  mean, std, aug = _STATS.get(name, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip"))
+  eval_split = "test" if "test" in info.splits else ("validation" if "validation" in info.splits else "train")
+  shape = tuple(features["image"].shape)
+  if None in shape:
+    raise ValueError(f"dataset {name!r} has variable image shape {shape}; resize it before classification")
+  return DatasetSpec(name=name, num_classes=features["label"].num_classes, num_coarse_classes=coarse,
+                     image_shape=shape, num_train=info.splits["train"].num_examples,
+                     num_test=info.splits[eval_split].num_examples, mean=mean, std=std,
+                     default_augment=aug, eval_split=eval_split)
+
+
+def normalize(images: np.ndarray, mean, std) -> np.ndarray:
+  """uint8 ``[..., H, W, C]`` -> float32, per-channel standardised."""
+  x = images.astype(np.float32) / 255.0
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def random_crop_flip(image: np.ndarray, rng: np.random.Generator, *, pad: int = 4, flip: bool = True) -> np.ndarray:
+  """Zero-pad by ``pad`` then random crop back to the input size; random horizontal flip."""
+  h, w = image.shape[:2]
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  dy, dx = rng.integers(0, 2 * pad + 1, size=2)
+  out = padded[dy:dy + h, dx:dx + w]
+  if flip and rng.random() < 0.5:
+    out = out[:, ::-1]
+  return out
+
+
+class _Augment(grain.transforms.RandomMap):
+  def __init__(self, augment: str, mean, std):
+    self.augment, self.mean, self.std = augment, mean, std
+
+  def random_map(self, element, rng: np.random.Generator):
+    image = element["image"]
+    if self.augment != "none":
+      image = random_crop_flip(image, rng, flip=self.augment == "crop_flip")
+    return {"image": normalize(image, self.mean, self.std), "label": np.int32(element["label"])}
+
+
+def _check_batch(global_batch_size: int) -> int:
+  if global_batch_size % jax.process_count():
+    raise ValueError(f"--batch_size={global_batch_size} must be divisible by the number of processes "
+                     f"({jax.process_count()})")
+  if global_batch_size % jax.device_count():
+    raise ValueError(f"--batch_size={global_batch_size} must be divisible by the number of devices "
+                     f"({jax.device_count()}); use a multiple of {jax.device_count()}")
+  return global_batch_size // jax.process_count()
+
+
+def train_loader(source, *, global_batch_size: int, seed: int, augment: str, mean, std,
+                 worker_count: int = 0) -> grain.DataLoader:
+  """Infinite shuffled, augmented, per-process batches ``{'image': f32 [b,H,W,C], 'label': i32 [b]}``."""
+  if augment not in AUGMENTATIONS:
+    raise ValueError(f"augment={augment!r}; choose one of {AUGMENTATIONS}")
+  local_batch = _check_batch(global_batch_size)
+  if len(source) < global_batch_size:
+    raise ValueError(f"the training split has {len(source)} examples, fewer than one batch "
+                     f"(--batch_size={global_batch_size})")
+  sampler = grain.samplers.IndexSampler(
+      num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
+      shuffle=True, num_epochs=None, seed=seed)
+  return grain.DataLoader(
+      data_source=source, sampler=sampler,
+      operations=[_Augment(augment, mean, std), grain.transforms.Batch(local_batch, drop_remainder=True)],
+      worker_count=worker_count)
+
+
+def eval_batches(source, *, global_batch_size: int, mean, std, image_shape: tuple[int, int, int],
+                 label_key: str = "label") -> Iterator[dict[str, np.ndarray]]:
+  """One pass in order; each global batch padded to size, this process's rows, with ``mask`` (1 = real)."""
+  local_batch = _check_batch(global_batch_size)
+  n = len(source)
+  start = jax.process_index() * local_batch
+  for b in range(-(-n // global_batch_size)):
+    idx = np.arange(b * global_batch_size + start, b * global_batch_size + start + local_batch)
+    valid = idx < n
+    rows = source.__getitems__([int(i) for i in idx[valid]]) if valid.any() else []
+    images = np.zeros((local_batch,) + tuple(image_shape), np.uint8)
+    labels = np.zeros((local_batch,), np.int32)
+    for r, row in enumerate(rows):
+      images[r] = row["image"]
+      labels[r] = row[label_key]
+    yield {"image": normalize(images, mean, std), "label": labels, "mask": valid.astype(np.float32)}
+
+
+def load_arrays(name: str, split: str, data_dir: str | None = None,
+                keys: tuple[str, ...] = ("image", "label", "coarse_label")) -> dict[str, np.ndarray]:
+  """A whole split as numpy arrays (``image`` uint8 [N,H,W,C], integer labels [N])."""
+  source = get_source(name, split, data_dir)
+  rows = source.__getitems__(list(range(len(source))))
+  out = {}
+  for k in keys:
+    if k not in rows[0]:
+      raise ValueError(f"dataset {name!r} has no feature {k!r}; it has {sorted(rows[0])}")
+    out[k] = np.stack([np.asarray(r[k]) for r in rows])
+  return out
+
+
+def hierarchy(name: str) -> dict[str, np.ndarray] | None:
+  """fine -> coarse -> group tables for datasets with a known taxonomy (``shapes``)."""
+  if name == "shapes":
+    return {"fine_to_coarse": shapes_render.FINE_TO_COARSE, "coarse_to_group": shapes_render.COARSE_TO_GROUP,
+            "fine_names": np.array(shapes_render.FINE_NAMES), "coarse_names": np.array(shapes_render.COARSE_NAMES),
+            "group_names": np.array(shapes_render.GROUPS)}
+  return None

@@ -1,0 +1,114 @@
+"""orbax checkpoints of (TrainState, data-iterator state) with resume and corrupt-checkpoint fallback.
+
+Resume order (as big_vision): the newest checkpoint in ``workdir`` that restores cleanly, else an
+initialisation checkpoint (``load_params``), else scratch. A checkpoint that fails to restore (truncated
+or corrupted files) is reported with a warning and the previous one is used. orbax writes atomically
+(temporary directory + rename), so a run killed while saving leaves no half-written checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer:
+  """``CheckpointManager`` saving ``state`` (StandardSave) and ``data`` (grain iterator state)."""
+
+  def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                             create=True))
+
+  def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def restore_latest(self, abstract_state: Any, data_iterator=None) -> tuple[Any, int] | None:
+    """Restores the newest readable checkpoint into ``abstract_state``'s structure/shardings (and the data
+    iterator in place). Returns ``(state, step)`` or ``None`` when there is none."""
+    steps = self.all_steps()
+    for step in reversed(steps):
+      items = {"state": ocp.args.StandardRestore(abstract_state)}
+      if data_iterator is not None:
+        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+      except Exception as e:  # corrupt / truncated / incompatible: fall back to the previous one
+        msg = (f"checkpoint at step {step} in {self.directory} could not be restored "
+               f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); trying the previous one")
+        log.warning(msg)
+        _warn(msg)
+        continue
+      return restored["state"], step
+    if steps:
+      raise RuntimeError(f"none of the checkpoints {steps} in {self.directory} could be restored; move the "
+                         f"directory away to start from scratch")
+    return None
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def _warn(msg: str) -> None:
+  import warnings
+  warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def load_params(path: str, abstract_params: Any | None = None, *, step: int | None = None) -> dict[str, Any]:
+  """Loads ``{'params', 'batch_stats'}`` from a checkpoint directory written by ``Checkpointer``
+  (the directory holding step subdirectories, or one step directory). Raises ``ValueError`` if missing."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise ValueError(f"checkpoint path {path!r} does not exist")
+  step_dir = path
+  if not os.path.isdir(os.path.join(path, "state")):
+    steps = sorted(int(d) for d in os.listdir(path) if d.isdigit())
+    if not steps:
+      raise ValueError(f"no checkpoint steps found in {path!r}")
+    step_dir = os.path.join(path, str(step if step is not None else steps[-1]))
+  with ocp.StandardCheckpointer() as ckptr:
+    if abstract_params is None:
+      restored = ckptr.restore(os.path.join(step_dir, "state"))
+    else:
+      restored = ckptr.restore(os.path.join(step_dir, "state"), abstract_params)
+  if not isinstance(restored, dict) or "params" not in restored:
+    raise ValueError(f"{step_dir!r} does not hold a TrainState checkpoint (keys: {list(restored)[:5]})")
+  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+
+
+def write_json_atomic(path: str, payload: Any) -> None:
+  """Writes JSON via a temporary file + rename so readers never see a partial file."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+def _json_default(x):
+  import numpy as np
+  if isinstance(x, (np.generic,)):
+    return x.item()
+  if isinstance(x, (np.ndarray, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -1,0 +1,241 @@
+"""Supervised image classification: ``train_and_evaluate(config, workdir)`` (used by experiments.classify).
+
+Data-parallel over every device of every process, resumable from ``workdir/checkpoints`` with the data
+iterator state, metrics to ``workdir/metrics.jsonl`` + ``workdir/tb``, final ``workdir/results.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import data as data_lib
+from research import models
+from research.train import checkpoint as ckpt_lib
+from research.train import metrics as metrics_lib
+from research.train import optim, steps
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass
+class ClassifyConfig:
+  """All knobs of a classification run (one absl flag each in experiments/classify.py)."""
+  model: str = "wrn16_4"
+  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  dataset: str = "shapes"
+  data_dir: str | None = None
+  num_steps: int = 1000
+  batch_size: int = 128
+  learning_rate: float = 0.1
+  optimizer: str = "nesterov"
+  momentum: float = 0.9
+  schedule: str = "cosine"
+  warmup_steps: int = 0
+  weight_decay: float = 5e-4
+  decay_bn_and_bias: bool = False
+  label_smoothing: float = 0.0
+  loss: str = "cross_entropy"
+  grad_clip_norm: float = 0.0
+  seed: int = 0
+  eval_every: int = 500
+  checkpoint_every: int = 500
+  keep_checkpoints: int = 3
+  log_every: int = 10
+  sync_bn: bool = False
+  dtype: str = "float32"
+  augment: str = "auto"
+  data_workers: int = 0
+  init_checkpoint: str | None = None
+  eval_batch_size: int = 0  # 0: same as batch_size
+  progress_bar: bool = True
+
+
+def params_sha256(params) -> str:
+  """sha256 of all parameter leaves' bytes in tree order."""
+  h = hashlib.sha256()
+  for leaf in jax.tree.leaves(params):
+    h.update(np.ascontiguousarray(steps.host_value(leaf)).tobytes())
+  return h.hexdigest()
+
+
+def validate(cfg: ClassifyConfig) -> None:
+  """Raises ValueError naming the flag for every invalid setting that can be checked up front."""
+  if cfg.model not in models.names():
+    models.create(cfg.model)  # raises the registry's "unknown model" error unless it is a pattern family
+  positive = {"num_steps": cfg.num_steps, "batch_size": cfg.batch_size, "eval_every": cfg.eval_every,
+              "checkpoint_every": cfg.checkpoint_every, "log_every": cfg.log_every,
+              "keep_checkpoints": cfg.keep_checkpoints}
+  for k, v in positive.items():
+    if v <= 0:
+      raise ValueError(f"--{k} must be positive, got {v}")
+  if not cfg.learning_rate > 0:
+    raise ValueError(f"--learning_rate must be positive, got {cfg.learning_rate}")
+  if cfg.dtype not in DTYPES:
+    raise ValueError(f"--dtype={cfg.dtype!r}; choose one of {sorted(DTYPES)}")
+  if cfg.augment != "auto" and cfg.augment not in data_lib.AUGMENTATIONS:
+    raise ValueError(f"--augment={cfg.augment!r}; choose auto or one of {data_lib.AUGMENTATIONS}")
+  if cfg.optimizer not in optim.OPTIMIZERS:
+    raise ValueError(f"--optimizer={cfg.optimizer!r}; choose one of {optim.OPTIMIZERS}")
+  if cfg.schedule not in optim.SCHEDULES:
+    raise ValueError(f"--schedule={cfg.schedule!r}; choose one of {optim.SCHEDULES}")
+  if not 0 <= cfg.warmup_steps < cfg.num_steps:
+    raise ValueError(f"--warmup_steps={cfg.warmup_steps} must be in [0, --num_steps={cfg.num_steps})")
+  for name, bs in (("batch_size", cfg.batch_size), ("eval_batch_size", cfg.eval_batch_size or cfg.batch_size)):
+    if bs % jax.device_count():
+      raise ValueError(f"--{name}={bs} is not divisible by the number of devices ({jax.device_count()}); "
+                       f"use a multiple of {jax.device_count()}")
+  if not 0 <= cfg.label_smoothing < 1:
+    raise ValueError(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+  _loss_fn(cfg)
+
+
+def _loss_fn(cfg: ClassifyConfig):
+  if cfg.loss == "cross_entropy":
+    return functools.partial(steps.cross_entropy, label_smoothing=cfg.label_smoothing)
+  try:
+    from research.train import losses
+  except ImportError:
+    losses = None
+  if losses is None or not hasattr(losses, "get_loss"):
+    raise ValueError(f"--loss={cfg.loss!r}; only cross_entropy is available")
+  return losses.get_loss(cfg.loss)
+
+
+def _evaluate(eval_fn, state, source, spec, batch_size, mesh) -> dict[str, float]:
+  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
+  for batch in data_lib.eval_batches(source, global_batch_size=batch_size, mean=spec.mean, std=spec.std,
+                                     image_shape=spec.image_shape):
+    out = eval_fn(state, steps.global_batch(batch, mesh))
+    for k, v in jax.device_get(out).items():
+      totals[k] += float(v)
+  n = max(totals["count"], 1.0)
+  return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "count": totals["count"]}
+
+
+def _last_logged(workdir: str, key: str) -> float | None:
+  path = os.path.join(workdir, "metrics.jsonl")
+  value = None
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        value = row.get(key, value)
+  return value
+
+
+def build(cfg: ClassifyConfig, spec: data_lib.DatasetSpec, mesh):
+  """(model, schedule, optimizer, abstract state, initial state) for ``cfg``."""
+  model = models.create(cfg.model, num_classes=spec.num_classes, dtype=DTYPES[cfg.dtype],
+                        bn_axis_name=steps.DATA_AXIS if cfg.sync_bn else None, **cfg.model_kwargs)
+  schedule = optim.make_schedule(cfg.schedule, cfg.learning_rate, cfg.num_steps, warmup_steps=cfg.warmup_steps)
+  tx = optim.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                            decay_bn_and_bias=cfg.decay_bn_and_bias, grad_clip_norm=cfg.grad_clip_norm or None)
+  abstract, state = steps.init_state(model, tx, cfg.seed, (1,) + spec.image_shape, mesh)
+  return model, schedule, tx, abstract, state
+
+
+def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
+  """Trains ``cfg.model`` on ``cfg.dataset`` for ``cfg.num_steps`` steps; resumes from ``workdir``."""
+  t_start = time.time()
+  validate(cfg)
+  spec = data_lib.get_spec(cfg.dataset, cfg.data_dir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+  mesh = steps.make_mesh()
+  model, schedule, tx, abstract, state = build(cfg, spec, mesh)
+  loss_fn = _loss_fn(cfg)
+
+  augment = spec.default_augment if cfg.augment == "auto" else cfg.augment
+  train_source = data_lib.get_source(cfg.dataset, "train", cfg.data_dir)
+  eval_source = data_lib.get_source(cfg.dataset, spec.eval_split, cfg.data_dir)
+  loader = data_lib.train_loader(train_source, global_batch_size=cfg.batch_size, seed=cfg.seed, augment=augment,
+                                 mean=spec.mean, std=spec.std, worker_count=cfg.data_workers)
+  data_iter = iter(loader)
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
+  start_step = 0
+  restored = checkpointer.restore_latest(abstract, data_iter)
+  if restored is not None:
+    state, start_step = restored
+    log.info("resumed from step %d in %s", start_step, workdir)
+  elif cfg.init_checkpoint:
+    loaded = ckpt_lib.load_params(cfg.init_checkpoint, {"params": abstract.params,
+                                                        "batch_stats": abstract.batch_stats})
+    state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
+    log.info("initialised params from %s", cfg.init_checkpoint)
+  if is_main:
+    ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(cfg))
+
+  train_fn = steps.parallelize(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=loss_fn,
+                                                 schedule=schedule), mesh)
+  eval_fn = steps.parallelize(functools.partial(steps.eval_step, model=model, loss_fn=loss_fn), mesh,
+                              donate_state=False, state_out=False)
+  eval_bs = cfg.eval_batch_size or cfg.batch_size
+  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
+  bar = metrics_lib.progress(cfg.num_steps, start_step, desc=f"{cfg.model} on {cfg.dataset}",
+                             disable=None if cfg.progress_bar else True)
+  last_train: dict[str, float] = {}
+  eval_metrics: dict[str, float] | None = None
+  t_loop, steps_run = time.time(), 0
+  try:
+    for step in range(start_step, cfg.num_steps):
+      batch = steps.global_batch(next(data_iter), mesh)
+      state, m = train_fn(state, batch)
+      s, steps_run = step + 1, steps_run + 1
+      bar.update(1)
+      is_ckpt = s % cfg.checkpoint_every == 0 or s == cfg.num_steps
+      if s % cfg.log_every == 0 or is_ckpt:
+        last_train = metrics_lib.to_floats(m)
+        if not all(math.isfinite(v) for v in last_train.values()):
+          raise FloatingPointError(
+              f"non-finite training metrics at step {s}: {last_train}. Stopping before checkpointing; "
+              f"lower --learning_rate, add --warmup_steps or --grad_clip_norm. The last good checkpoint "
+              f"is kept in {checkpointer.directory}.")
+        last_train["steps_per_second"] = steps_run / max(time.time() - t_loop, 1e-9)
+        writer.write(s, last_train, "train/")
+        bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['accuracy']:.3f}")
+      if s % cfg.eval_every == 0 or s == cfg.num_steps:
+        eval_metrics = _evaluate(eval_fn, state, eval_source, spec, eval_bs, mesh)
+        writer.write(s, eval_metrics, "eval/")
+        bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.4f} loss {eval_metrics['loss']:.4f}")
+      if is_ckpt:
+        checkpointer.save(s, state, data_iter)
+  finally:
+    bar.close()
+    checkpointer.close()
+    writer.close()
+
+  if eval_metrics is None:  # resumed a finished run: evaluate the restored state
+    eval_metrics = _evaluate(eval_fn, state, eval_source, spec, eval_bs, mesh)
+  final_loss = last_train.get("loss", _last_logged(workdir, "train/loss"))
+  results = {
+      "model": cfg.model, "dataset": cfg.dataset, "step": int(steps.host_value(state.step)),
+      "eval_accuracy": eval_metrics["accuracy"], "eval_loss": eval_metrics["loss"],
+      "eval_count": int(eval_metrics["count"]), "final_train_loss": final_loss,
+      "num_params": steps.num_params(state.params), "params_sha256": params_sha256(state.params),
+      "wall_seconds": time.time() - t_start, "resumed_from_step": start_step,
+      "steps_run": steps_run, "train_seconds": time.time() - t_loop,
+      "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+      "platform": jax.devices()[0].platform,
+  }
+  if is_main:
+    ckpt_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  return results
