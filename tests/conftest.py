@@ -9,3 +9,14 @@ if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def shapes_data_dir(tmp_path_factory):
+  """A TFDS data_dir holding the offline `shapes` dataset, built once per test session (~10 s)."""
+  from research import data
+  d = str(tmp_path_factory.mktemp("tfds"))
+  data.get_spec("shapes", d)  # builds it
+  return d

@@ -1,0 +1,73 @@
+"""`python -m experiments.classify`: the smoke flagfile end to end, bad input, and SIGKILL + resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMOKE = os.path.join(ROOT, "experiments", "configs", "classify_smoke.flags")
+
+
+def _run(args, timeout=600, env_devices=1):
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={env_devices}", JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "experiments.classify", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def test_smoke_flagfile_end_to_end(shapes_data_dir, tmp_path):
+  proc = _run([f"--flagfile={SMOKE}", f"--workdir={tmp_path}", f"--data_dir={shapes_data_dir}",
+               "--noprogress_bar"], env_devices=2)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.load(open(tmp_path / "results.json"))
+  for key in ("step", "eval_accuracy", "eval_loss", "final_train_loss", "num_params", "params_sha256",
+              "wall_seconds"):
+    assert key in results
+  assert results["step"] == 12 and results["num_devices"] == 2 and results["eval_count"] == 5000
+  assert len(results["params_sha256"]) == 64 and results["num_params"] == 83_700
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines[-1]["step"] == 12 and "eval/accuracy" in lines[-1]
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model=resnet5"], "unknown model 'resnet5'"),
+    (["--batch_size=30"], "--batch_size=30 is not divisible by the number of devices (4)"),
+    (["--dataset=cifar100"], "--dataset='cifar100' is not prepared"),
+    (["--dataset=imagenet_v9"], "--dataset='imagenet_v9' is neither"),
+    (["--model_kwargs={bad"], "--model_kwargs is not valid JSON"),
+    (["--warmup_steps=50"], "--warmup_steps=50 must be in"),
+])
+def test_bad_input_one_clear_message(extra, message, tmp_path):
+  proc = _run([f"--flagfile={SMOKE}", f"--workdir={tmp_path / 'w'}", f"--data_dir={tmp_path / 'd'}", *extra],
+              env_devices=4, timeout=300)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert not os.path.exists(tmp_path / "w" / "results.json")
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(shapes_data_dir, tmp_path):
+  """Kill the run with SIGKILL at several moments; rerunning the same command finishes bit-identically."""
+  args = [f"--flagfile={SMOKE}", f"--data_dir={shapes_data_dir}", "--num_steps=24", "--checkpoint_every=4",
+          "--eval_every=24", "--noprogress_bar"]
+  ref = _run(args + [f"--workdir={tmp_path / 'ref'}"])
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  expected = json.load(open(tmp_path / "ref" / "results.json"))["params_sha256"]
+  workdir = tmp_path / "killed"
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  for delay in (9.0, 13.0, 17.0):
+    p = subprocess.Popen([sys.executable, "-m", "experiments.classify", *args, f"--workdir={workdir}"], cwd=ROOT,
+                         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(delay)
+    p.send_signal(signal.SIGKILL)
+    p.wait(timeout=60)
+  final = _run(args + [f"--workdir={workdir}"])
+  assert final.returncode == 0, final.stderr[-2000:]
+  results = json.load(open(workdir / "results.json"))
+  assert results["params_sha256"] == expected
