@@ -1,8 +1,8 @@
 """TrainState, the pure per-device train/eval steps, and their data-parallel wrappers.
 
 The steps are written for ONE device's shard of the batch; ``parallelize`` maps them over a 1-D ``data``
-mesh of all devices of all processes with ``jax.shard_map`` (explicit ``pmean`` of gradients, BatchNorm
-statistics and metrics) inside ``jax.jit`` with the state donated. Loss is the mean over the global
+mesh of all devices of all processes with ``jax.shard_map`` (the loss is ``pmean``-ed, so gradients are
+all-reduced by autodiff; BatchNorm statistics and metrics are ``pmean``-ed explicitly) inside ``jax.jit`` with the state donated. Loss is the mean over the global
 batch (Goyal et al. 2017: normalise by the total minibatch, not per worker).
 """
 
@@ -59,8 +59,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
                axis_name: str | None = DATA_AXIS) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One SGD step on this device's shard ``batch = {'image': [b,H,W,C], 'label': [b]}``.
 
-  With ``axis_name`` set it must run under a mapped axis (``shard_map``); gradients, BN statistics and
-  metrics are averaged across it, so the result equals a single-device step on the global batch
+  With ``axis_name`` set it must run under a mapped axis (``shard_map``); loss (hence gradients), BN
+  statistics and metrics are averaged across it, so the result equals a single-device step on the global batch
   (exactly so for per-replica-free models; BatchNorm needs ``bn_axis_name`` for that).
   """
   rng = jax.random.fold_in(state.rng, state.step)
@@ -73,14 +73,18 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
     logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
                                   rngs={"dropout": rng})
     loss = jnp.mean(loss_fn(logits, batch["label"]))
+    if axis_name is not None:
+      # Global-batch mean. Params are replicated (invariant over the axis), so shard_map's autodiff
+      # transposes their implicit broadcast into a psum: the gradient of this pmean'd loss already is the
+      # all-reduced global-batch gradient, identical on every device.
+      loss = jax.lax.pmean(loss, axis_name)
     return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
   accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
   if axis_name is not None:
-    grads = jax.lax.pmean(grads, axis_name)
-    batch_stats = jax.lax.pmean(batch_stats, axis_name)
-    loss, accuracy = jax.lax.pmean((loss, accuracy), axis_name)
+    batch_stats = jax.lax.pmean(batch_stats, axis_name)  # per-replica BN: average the running statistics
+    accuracy = jax.lax.pmean(accuracy, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {
