@@ -7,6 +7,12 @@ from research.models.registry import create, names, register, register_pattern
 
 # Families register themselves on import.
 from research.models import cifar_resnet as _cifar_resnet  # noqa: F401,E402
+from research.models import classic as _classic  # noqa: F401,E402
+from research.models import densenet as _densenet  # noqa: F401,E402
+from research.models import drn_igc as _drn_igc  # noqa: F401,E402
+from research.models import fractalnet as _fractalnet  # noqa: F401,E402
+from research.models import mobile as _mobile  # noqa: F401,E402
+from research.models import inception as _inception  # noqa: F401,E402
 from research.models import resnet as _resnet  # noqa: F401,E402
 
 __all__ = ["create", "names", "register", "register_pattern"]

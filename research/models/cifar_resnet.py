@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.common import batch_norm, classifier, conv, global_avg_pool, stride_key
+from research.layers.common import batch_norm, conv, global_avg_pool, head, stride_key
 from research.models.registry import register, register_pattern
 
 Dtype = Any
@@ -95,6 +95,7 @@ class PreActResNet(nn.Module):
   bn_axis_name: str | None = None
   features_only: bool = False
   start_stage: int = 0
+  maxout_pieces: int = 0
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -126,15 +127,22 @@ class PreActResNet(nn.Module):
     if self.features_only:
       feats["pooled"] = pooled
       return feats
-    return classifier(self.num_classes, **kw)(pooled).astype(jnp.float32)
+    return head(self.num_classes, maxout_pieces=self.maxout_pieces, **kw)(pooled).astype(jnp.float32)
 
 
 def wide_resnet(depth: int, k: int, *, block_type: Sequence[int] = (3, 3), **kw) -> PreActResNet:
-  """WRN-depth-k with blocks B(block_type); depth counts convs: depth = 3 * n * len(block_type) + 4."""
-  per_block = len(block_type)
-  if (depth - 4) % (3 * per_block) or depth <= 4:
-    raise ValueError(f"WRN depth must be 3*n*{per_block}+4 for block type B{tuple(block_type)}, got depth={depth}")
-  n = (depth - 4) // (3 * per_block)
+  """WRN-depth-k with blocks B(block_type): n = (depth - 4) / 6 blocks per stage for every block type.
+
+  As in the reference code (szagoruyko/wide-residual-networks, ``n = (depth - 4) / 6``), ``depth`` is the
+  nominal depth of the B(3,3) net and fixes the number of blocks, not the number of convs. This reproduces
+  the params column of the block-type table (Table 1, WRN-d-2): B(1,3,1)@40 1.43M, B(3,1)@40 1.21M,
+  B(1,3)@40 1.30M, B(3,1,1)@40 1.34M, B(3,3)@28 1.47M, B(3,1,3)@22 1.15M (paper: 1.4, 1.2, 1.3, 1.3, 1.5, 1.1M);
+  the conv-counting reading (n = (depth-4) / (3 * len(block_type))) gives 0.95M / 0.87M / 0.74M for the
+  three-conv blocks instead.
+  """
+  if (depth - 4) % 6 or depth <= 4:
+    raise ValueError(f"WRN depth must be 6n+4, got depth={depth}")
+  n = (depth - 4) // 6
   return PreActResNet(stage_sizes=(n, n, n), stage_widths=(16 * k, 32 * k, 64 * k), stem_width=16,
                       block_type=tuple(block_type), **kw)
 

@@ -3,6 +3,9 @@
 Stride sits on the 3x3 conv of the bottleneck ("v1.5", as in torchvision); parameter counts equal v1:
 ResNet-50 with 1000 classes has 25,557,032 parameters.
 
+Also here: ResNeXt (``groups``/``base_width``), SE-ResNet(X)t (``se_reduction``), DRN-A (``stage_dilations``;
+dilated stages keep output stride 8, so their ``C{k}`` key is ``C3``), maxout head (``maxout_pieces``).
+
 Backbone API (shared by every backbone in ``research.models``):
   * ``__call__(x, *, train)`` -> logits ``[B, num_classes]`` (float32).
   * ``features_only=True`` -> dict of feature maps: ``stem``, ``stage1``..``stageS``, the FPN aliases
@@ -19,8 +22,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.common import (batch_norm, classifier, conv, global_avg_pool, max_pool_3x3_s2,
-                                    stride_key)
+from research.layers.common import batch_norm, conv, global_avg_pool, head, max_pool_3x3_s2, stride_key
+from research.layers.se import SqueezeExcite
 from research.models.registry import register
 
 Dtype = Any
@@ -36,6 +39,8 @@ class BasicBlock(nn.Module):
   param_dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
   zero_init_last_bn: bool = False
+  dilation: int = 1
+  se_reduction: int = 0
   expansion = 1
 
   @nn.compact
@@ -43,10 +48,12 @@ class BasicBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     bn = lambda **a: batch_norm(axis_name=self.bn_axis_name, **kw, **a)
     residual = x
-    y = conv(self.features, 3, self.strides, **kw)(x)
+    y = conv(self.features, 3, self.strides, dilation=self.dilation, **kw)(x)
     y = nn.relu(bn()(y, use_running_average=not train))
-    y = conv(self.features, 3, **kw)(y)
+    y = conv(self.features, 3, dilation=self.dilation, **kw)(y)
     y = bn(zero_init=self.zero_init_last_bn)(y, use_running_average=not train)
+    if self.se_reduction:
+      y = SqueezeExcite(self.se_reduction, name="se", **kw)(y)
     if residual.shape != y.shape:
       residual = conv(self.features, 1, self.strides, name="downsample_conv", **kw)(residual)
       residual = bn(name="downsample_bn")(residual, use_running_average=not train)
@@ -63,6 +70,8 @@ class Bottleneck(nn.Module):
   param_dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
   zero_init_last_bn: bool = False
+  dilation: int = 1
+  se_reduction: int = 0
   expansion = 4
 
   @nn.compact
@@ -73,8 +82,11 @@ class Bottleneck(nn.Module):
     out = self.features * self.expansion
     residual = x
     y = nn.relu(bn()(conv(width, 1, **kw)(x), use_running_average=not train))
-    y = nn.relu(bn()(conv(width, 3, self.strides, groups=self.groups, **kw)(y), use_running_average=not train))
+    y = nn.relu(bn()(conv(width, 3, self.strides, groups=self.groups, dilation=self.dilation, **kw)(y),
+                     use_running_average=not train))
     y = bn(zero_init=self.zero_init_last_bn)(conv(out, 1, **kw)(y), use_running_average=not train)
+    if self.se_reduction:
+      y = SqueezeExcite(self.se_reduction, name="se", **kw)(y)
     if residual.shape != y.shape:
       residual = conv(out, 1, self.strides, name="downsample_conv", **kw)(residual)
       residual = bn(name="downsample_bn")(residual, use_running_average=not train)
@@ -95,6 +107,9 @@ class ResNet(nn.Module):
   zero_init_last_bn: bool = False
   features_only: bool = False
   start_stage: int = 0
+  se_reduction: int = 0
+  stage_dilations: Sequence[int] = (1, 1, 1, 1)
+  maxout_pieces: int = 0
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -108,22 +123,23 @@ class ResNet(nn.Module):
       feats["stem"] = x
     for i, n_blocks in enumerate(self.stage_sizes):
       stage = i + 1
-      if stage > 1:
-        stride *= 2
+      dil = self.stage_dilations[i]
+      step = 2 if (i > 0 and dil == 1) else 1  # DRN-A: dilation replaces the stride (Yu et al. 2017, §2)
+      stride *= step
       if stage < self.start_stage:
         continue
       for j in range(n_blocks):
-        x = self.block_cls(self.width * 2**i, strides=2 if (j == 0 and i > 0) else 1, groups=self.groups,
+        x = self.block_cls(self.width * 2**i, strides=step if j == 0 else 1, groups=self.groups,
                            base_width=self.base_width, bn_axis_name=self.bn_axis_name,
-                           zero_init_last_bn=self.zero_init_last_bn, name=f"stage{stage}_block{j}", **kw)(
-                               x, train=train)
+                           zero_init_last_bn=self.zero_init_last_bn, dilation=dil, se_reduction=self.se_reduction,
+                           name=f"stage{stage}_block{j}", **kw)(x, train=train)
       feats[f"stage{stage}"] = x
       feats[stride_key(stride)] = x
     pooled = global_avg_pool(x)
     if self.features_only:
       feats["pooled"] = pooled
       return feats
-    return classifier(self.num_classes, **kw)(pooled).astype(jnp.float32)
+    return head(self.num_classes, maxout_pieces=self.maxout_pieces, **kw)(pooled).astype(jnp.float32)
 
 
 def _resnet(stage_sizes, block_cls, **defaults):
@@ -140,3 +156,14 @@ for _name, _sizes, _block in [
     ("resnet152", (3, 8, 36, 3), Bottleneck),
 ]:
   register(_name)(_resnet(_sizes, _block))
+
+# ResNeXt (Xie et al., CVPR 2017, Table 1): cardinality C = groups, bottleneck width d = base_width.
+register("resnext50_32x4d")(_resnet((3, 4, 6, 3), Bottleneck, groups=32, base_width=4))
+register("resnext101_32x8d")(_resnet((3, 4, 23, 3), Bottleneck, groups=32, base_width=8))
+# Wide ResNet-50-2 (Zagoruyko & Komodakis 2016; torchvision): bottleneck width doubled.
+register("wide_resnet50_2")(_resnet((3, 4, 6, 3), Bottleneck, base_width=128))
+# SE-ResNet / SE-ResNeXt (Hu et al., CVPR 2018, §4, Table 1): SE (r = 16) on every residual branch before the sum.
+register("se_resnet50")(_resnet((3, 4, 6, 3), Bottleneck, se_reduction=16))
+register("se_resnext50_32x4d")(_resnet((3, 4, 6, 3), Bottleneck, groups=32, base_width=4, se_reduction=16))
+# DRN-A-50 (Yu, Koltun & Funkhouser, CVPR 2017, §2): ResNet-50 with stages 4/5 dilated 2/4 instead of strided.
+register("drn_a_50")(_resnet((3, 4, 6, 3), Bottleneck, stage_dilations=(1, 1, 2, 4)))

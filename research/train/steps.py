@@ -71,7 +71,7 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
   def loss_and_aux(params):
     variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
     logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": rng})
+                                  rngs={"dropout": rng, "droppath": jax.random.fold_in(rng, 1)})
     loss = jnp.mean(loss_fn(logits, batch["label"]))
     if axis_name is not None:
       # Global-batch mean. Params are replicated (invariant over the axis), so shard_map's autodiff

@@ -1,0 +1,126 @@
+"""Layers and ops against independent references: im2col conv, formula BN, SPP, maxout, shuffle, pooling, IGC, join."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from research import models
+from research.layers.batchnorm import FormulaBatchNorm
+from research.layers.common import adaptive_avg_pool, channel_shuffle, max_pool_ceil
+from research.layers.fractal import join
+from research.layers.igc import interleave
+from research.layers.maxout import maxout
+from research.layers.spp import spatial_pyramid_pool
+from research.ops.im2col import conv2d_im2col
+
+
+@pytest.mark.parametrize("k,s,pad,d,g", [(3, 1, "SAME", 1, 1), (3, 2, "VALID", 1, 1), (5, 2, "SAME", 2, 1),
+                                          ((1, 7), 1, [(0, 0), (3, 3)], 1, 1), (3, 1, [(1, 2), (0, 1)], 1, 4),
+                                          (3, 2, "SAME", 1, 8)])
+def test_conv2d_im2col_equals_lax(k, s, pad, d, g):
+  kh, kw = (k, k) if isinstance(k, int) else k
+  x = jax.random.normal(jax.random.key(0), (2, 11, 9, 8))
+  w = jax.random.normal(jax.random.key(1), (kh, kw, 8 // g, 16))
+  ref = lax.conv_general_dilated(x, w, (s, s), pad, rhs_dilation=(d, d), dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 feature_group_count=g, precision=lax.Precision.HIGHEST)
+  out = conv2d_im2col(x, w, (s, s), pad, (d, d), groups=g)
+  np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("axis_name", [None, "batch"])
+def test_formula_batchnorm_equals_flax(axis_name):
+  x = 3.0 + 2.0 * jax.random.normal(jax.random.key(0), (4, 5, 5, 6))
+  ref, ours = nn.BatchNorm(momentum=0.9, epsilon=1e-5, axis_name=axis_name), FormulaBatchNorm(0.9, 1e-5, axis_name)
+  v = ref.init(jax.random.key(1), x, use_running_average=False)
+  v = jax.tree.map(lambda a: a + jax.random.uniform(jax.random.key(2), a.shape), v)  # non-trivial gamma/beta/stats
+  assert jax.tree.structure(ours.init(jax.random.key(1), x, use_running_average=False)) == jax.tree.structure(v)
+
+  def run(m, train):
+    f = lambda v, x: m.apply(v, x, use_running_average=not train, mutable=["batch_stats"])
+    if axis_name:
+      return jax.vmap(f, in_axes=(None, 0), out_axes=(0, None), axis_name="batch")(v, x[None])
+    return f(v, x)
+
+  for train in (True, False):
+    (y_ref, s_ref), (y, s) = run(ref, train), run(ours, train)
+    y_ref, y = (y_ref[0], y[0]) if axis_name else (y_ref, y)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(s["batch_stats"]["mean"], s_ref["batch_stats"]["mean"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(s["batch_stats"]["var"], s_ref["batch_stats"]["var"], rtol=1e-5, atol=1e-6)
+  # and the formula itself, by numpy
+  xn = np.asarray(x, np.float64)
+  mu, var = xn.mean((0, 1, 2)), xn.var((0, 1, 2))
+  want = np.asarray(v["params"]["scale"]) * (xn - mu) / np.sqrt(var + 1e-5) + np.asarray(v["params"]["bias"])
+  np.testing.assert_allclose(FormulaBatchNorm().apply(v, x, use_running_average=False, mutable=["batch_stats"])[0], want,
+                             rtol=1e-4, atol=1e-4)
+
+
+def test_spp_any_size_and_values():
+  for h, w in [(13, 13), (7, 10), (3, 5), (1, 1)]:
+    x = jax.random.normal(jax.random.key(h * w), (2, h, w, 4))
+    y = spatial_pyramid_pool(x, (1, 2, 4))
+    assert y.shape == (2, 4 * 21)
+    np.testing.assert_allclose(y[:, :4], np.asarray(x).max((1, 2)))  # level 1 = global max
+  x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+  np.testing.assert_allclose(spatial_pyramid_pool(x, (2,)), [[5.0, 7.0, 13.0, 15.0]])
+  m = models.create("sppnet", num_classes=3)
+  v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 100, 100, 3)), train=False))
+  for r in (64, 131, 224):  # same parameters, any input size
+    assert jax.eval_shape(lambda v: m.apply(v, jnp.zeros((1, r, r + 17, 3)), train=False), v).shape == (1, 3)
+
+
+def test_maxout_and_maxout_head():
+  x = jnp.array([[1.0, 5.0, 2.0, 0.0, -1.0, -3.0]])
+  np.testing.assert_allclose(maxout(x, 2), [[5.0, 2.0, -1.0]])
+  np.testing.assert_allclose(maxout(x, 3), [[5.0, 0.0]])
+  with pytest.raises(ValueError):
+    maxout(x, 4)
+  m = models.create("resnet18", num_classes=5, maxout_pieces=4)
+  v = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  assert v["params"]["head"]["dense"]["kernel"].shape == (512, 20)
+
+
+def test_channel_shuffle_and_interleave():
+  x = jnp.arange(6.0).reshape(1, 1, 1, 6)
+  np.testing.assert_array_equal(channel_shuffle(x, 2)[0, 0, 0], [0, 3, 1, 4, 2, 5])
+  np.testing.assert_array_equal(channel_shuffle(x, 3)[0, 0, 0], [0, 2, 4, 1, 3, 5])
+  y = jax.random.normal(jax.random.key(0), (1, 2, 2, 12))
+  np.testing.assert_array_equal(interleave(interleave(y, 3), 4), y)  # P then P^T is the identity
+
+
+def test_adaptive_pool_and_ceil_pool_against_numpy():
+  x = np.random.RandomState(0).randn(1, 7, 5, 2).astype(np.float32)
+  out = np.asarray(adaptive_avg_pool(jnp.asarray(x), 3))
+  for i in range(3):
+    for j in range(3):
+      h0, h1 = (i * 7) // 3, -(-((i + 1) * 7) // 3)
+      w0, w1 = (j * 5) // 3, -(-((j + 1) * 5) // 3)
+      np.testing.assert_allclose(out[0, i, j], x[0, h0:h1, w0:w1].mean((0, 1)), rtol=1e-6)
+  assert max_pool_ceil(jnp.zeros((1, 112, 112, 1)), 3, 2).shape[1] == 56  # torch ceil_mode: 56 (floor: 55)
+  assert max_pool_ceil(jnp.zeros((1, 55, 55, 1)), 3, 2).shape[1] == 27
+
+
+def test_fractal_join():
+  a, b, c = jnp.ones((1, 2)), 3 * jnp.ones((1, 2)), 5 * jnp.ones((1, 2))
+  np.testing.assert_allclose(join([a, b, c]), 3 * np.ones((1, 2)))
+  np.testing.assert_allclose(join([a, b, c], jnp.array([1, 0, 1])), 3 * np.ones((1, 2)))
+  np.testing.assert_allclose(join([a, b, c], jnp.array([0, 1, 0])), 3 * np.ones((1, 2)))
+  np.testing.assert_allclose(join([a, b, c], jnp.array([0, 0, 1])), 5 * np.ones((1, 2)))
+
+
+FEATURE_FAMILIES = {"resnet50": 64, "resnext50_32x4d": 64, "densenet121": 64, "mobilenet_v1": 64, "vgg16": 64,
+                    "shufflenet_v1_g3": 64, "xception": 96}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_FAMILIES))
+def test_features_only_c2_to_c5(name):
+  r = FEATURE_FAMILIES[name]
+  m = models.create(name, features_only=True)
+  v = jax.eval_shape(lambda: models.create(name).init(jax.random.key(0), jnp.zeros((1, r, r, 3)), train=False))
+  f = jax.eval_shape(lambda v: m.apply(v, jnp.zeros((1, r, r, 3)), train=False), v)
+  for k in (2, 3, 4, 5):
+    assert abs(f[f"C{k}"].shape[1] - r / 2 ** k) < 2, (k, f[f"C{k}"].shape)  # output stride 2**k
+  assert f["pooled"].ndim == 2 and "stem" in f
