@@ -1,4 +1,11 @@
-"""Shared plumbing for experiment entry points: distributed init, clean error exits, summaries."""
+"""Shared plumbing for experiment entry points: distributed init, clean error exits, summaries.
+
+Multi-process flags (every ``experiments.*`` entry point gets them; see ``launch/README.md``):
+``--coordinator_address=HOST:PORT --num_processes=N --process_id=I`` start ``jax.distributed`` explicitly;
+without them the layout comes from ``JAX_COORDINATOR_ADDRESS``/``JAX_NUM_PROCESSES``/``JAX_PROCESS_ID``
+or, with ``--distributed_auto_detect`` (default on), from SLURM / Cloud TPU / Kubernetes via JAX's cluster
+detection; otherwise the run is single-process.
+"""
 
 from __future__ import annotations
 
@@ -12,31 +19,76 @@ from absl import flags, logging
 
 FLAGS = flags.FLAGS
 
+flags.DEFINE_string("coordinator_address", None,
+                    "HOST:PORT of process 0's jax.distributed coordinator (same on every process).")
+flags.DEFINE_integer("num_processes", None, "Total number of JAX processes (multi-host runs).")
+flags.DEFINE_integer("process_id", None, "This process's index in [0, --num_processes).")
+flags.DEFINE_bool("distributed_auto_detect", True,
+                  "Fill in a missing multi-process layout from SLURM / Cloud TPU / Open MPI / Kubernetes "
+                  "(JAX's cluster detection).")
+flags.DEFINE_string("cluster_detection_method", None,
+                    "Force one JAX cluster detection method ('slurm', 'gcetpu', 'gketpu', 'ompi', 'mpi4py', 'k8s').")
+flags.DEFINE_list("local_device_ids", None, "Restrict this process to these local accelerator ids (e.g. 0).")
+flags.DEFINE_integer("distributed_timeout", 300,
+                     "Seconds to wait for all processes to connect at start-up and at the final barrier.")
+flags.DEFINE_integer("heartbeat_timeout", 60,
+                     "Seconds without a heartbeat after which a peer counts as dead and every process exits "
+                     "with an error.")
+
 
 def setup() -> None:
-  """Quiet third-party logs; initialise jax.distributed when multi-process flags/env ask for it."""
+  """Quiet third-party logs; initialise jax.distributed when multi-process flags/env ask for it.
+
+  In a multi-process run it also installs fail-fast error handling (an exception in one process ends it
+  at once with exit status 1 so its peers notice) and a final barrier at successful exit.
+  """
   warnings.filterwarnings("ignore", category=DeprecationWarning)
   logging.set_verbosity(logging.INFO)
   for name in ("absl", "orbax", "jax._src.xla_bridge", "tensorflow_datasets"):
     pylogging.getLogger(name).setLevel(pylogging.WARNING)
-  try:
-    from research import distributed
-  except ImportError:
-    return
-  distributed.initialize_from_flags()
+  from research import distributed
+  started = distributed.initialize(
+      FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+      local_device_ids=[int(i) for i in FLAGS.local_device_ids] if FLAGS.local_device_ids else None,
+      auto_detect=FLAGS.distributed_auto_detect, cluster_detection_method=FLAGS.cluster_detection_method,
+      initialization_timeout=FLAGS.distributed_timeout, heartbeat_timeout=FLAGS.heartbeat_timeout)
+  if started:
+    import jax
+    distributed.register_final_barrier(FLAGS.distributed_timeout)
+    if jax.process_index() != 0:  # logs on process 0 only; warnings and errors from every process
+      logging.set_verbosity(logging.WARNING)
+
+
+def _is_multiprocess() -> bool:
+  if "research.distributed" not in sys.modules:
+    return False
+  from research import distributed
+  return distributed.is_multiprocess()
 
 
 @contextlib.contextmanager
 def clean_errors():
-  """User errors (ValueError, FloatingPointError, RuntimeError from our checks) -> one message, exit 1."""
+  """User errors (ValueError, FloatingPointError, RuntimeError from our checks) -> one message, exit 1.
+
+  In a multi-process run the process exits at once (no graceful shutdown waiting for peers that are
+  blocked in a collective on it), so the whole job fails fast.
+  """
   try:
     yield
   except (ValueError, FloatingPointError) as e:
+    if _is_multiprocess():
+      from research import distributed
+      distributed.abort(f"error: {e}")
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
 
 
 def print_summary(results: dict, workdir: str) -> None:
+  """Prints the headline results (process 0 only in a multi-process run)."""
+  if _is_multiprocess():
+    import jax
+    if jax.process_index() != 0:
+      return
   keys = [k for k in ("model", "dataset", "step", "eval_accuracy", "eval_loss", "final_train_loss", "num_params",
                       "params_sha256", "wall_seconds") if k in results]
   print(json.dumps({k: results[k] for k in keys}, indent=2))

@@ -3,7 +3,8 @@
 * ``get_source(name, split, data_dir)``: random-access source. Procedural datasets (``shapes``) are built
   into ``data_dir`` on first use; any other TFDS dataset must already be prepared there in array_record
   format (``tfds build cifar100 --file_format=array_record --data_dir=DIR``).
-* ``train_loader(...)``: infinite, seeded shuffle, per-process shard (``ShardByJaxProcess``), augmentation,
+* ``train_loader(...)``: infinite, seeded shuffle, per-process rows of each global batch
+  (``GlobalBatchSliceSampler``: the same global batches for any process count), augmentation,
   batching; a ``grain.DataLoader`` whose iterator state is checkpointable (``get_state``/``set_state``).
 * ``eval_batches(...)``: one deterministic pass, padded to full global batches with a ``mask``.
 * ``load_arrays(...)``: a whole split as numpy arrays (Task2Vec builds its task suites from these).
@@ -67,7 +68,7 @@ def _builder(name: str, data_dir: str | None):
     raise ValueError(
         f"--dataset={name!r} is neither an offline procedural dataset ({', '.join(PROCEDURAL)}) nor a TFDS "
         f"dataset readable from --data_dir={data_dir!r}: {e}") from None
-  if not builder.is_prepared():
+  if not builder.is_prepared() and not _readable(builder):
     raise ValueError(
         f"--dataset={name!r} is not prepared in --data_dir={data_dir!r}. Nothing can be downloaded here: "
         f"prepare it on a machine with network access with `tfds build {name} --file_format=array_record "
@@ -75,11 +76,21 @@ def _builder(name: str, data_dir: str | None):
   return builder
 
 
+def _readable(builder) -> bool:
+  """True if the builder serves records although it has no prepared files (tfds.testing.mock_data)."""
+  try:
+    builder.as_data_source(split="train")
+    return True
+  except Exception:  # not prepared: tfds raises its own assertion/errors here
+    return False
+
+
 def get_source(name: str, split: str, data_dir: str | None = None):
   """Random-access source of decoded examples (dicts of numpy arrays / ints)."""
   builder = _builder(name, data_dir)
-  if split not in builder.info.splits:
-    raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+  sizes = _split_sizes(builder)
+  if split not in sizes:
+    raise ValueError(f"dataset {name!r} has no split {split!r}; it has {sorted(sizes)}")
   try:
     return builder.as_data_source(split=split)
   except NotImplementedError as e:  # prepared as tfrecord: random access needs array_record
@@ -96,14 +107,29 @@ def get_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
     raise ValueError(f"dataset {name!r} needs 'image' and 'label' features; it has {sorted(features)}")
   coarse = features["coarse_label"].num_classes if "coarse_label" in features else None
   mean, std, aug = _STATS.get(name, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip"))
-  eval_split = "test" if "test" in info.splits else ("validation" if "validation" in info.splits else "train")
+  sizes = _split_sizes(builder)
+  if "train" not in sizes:
+    raise ValueError(f"dataset {name!r} has no 'train' split (splits: {sorted(sizes)})")
+  eval_split = next((s for s in ("test", "validation") if s in sizes), "train")
   shape = tuple(features["image"].shape)
   if None in shape:
     raise ValueError(f"dataset {name!r} has variable image shape {shape}; resize it before classification")
   return DatasetSpec(name=name, num_classes=features["label"].num_classes, num_coarse_classes=coarse,
-                     image_shape=shape, num_train=info.splits["train"].num_examples,
-                     num_test=info.splits[eval_split].num_examples, mean=mean, std=std,
+                     image_shape=shape, num_train=sizes["train"], num_test=sizes[eval_split], mean=mean, std=std,
                      default_augment=aug, eval_split=eval_split)
+
+
+def _split_sizes(builder) -> dict[str, int]:
+  """Split name -> number of examples, from the dataset info or, when it has none, from the sources."""
+  if builder.info.splits:
+    return {k: v.num_examples for k, v in builder.info.splits.items()}
+  sizes = {}
+  for split in ("train", "test", "validation"):
+    try:
+      sizes[split] = len(builder.as_data_source(split=split))
+    except Exception:  # split absent
+      pass
+  return sizes
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
@@ -153,13 +179,51 @@ def train_loader(source, *, global_batch_size: int, seed: int, augment: str, mea
   if len(source) < global_batch_size:
     raise ValueError(f"the training split has {len(source)} examples, fewer than one batch "
                      f"(--batch_size={global_batch_size})")
-  sampler = grain.samplers.IndexSampler(
-      num_records=len(source), shard_options=grain.sharding.ShardByJaxProcess(drop_remainder=True),
-      shuffle=True, num_epochs=None, seed=seed)
+  sampler = GlobalBatchSliceSampler(
+      grain.samplers.IndexSampler(num_records=len(source), shard_options=grain.sharding.NoSharding(),
+                                  shuffle=True, num_epochs=None, seed=seed),
+      global_batch_size=global_batch_size, process_index=jax.process_index(), process_count=jax.process_count())
   return grain.DataLoader(
       data_source=source, sampler=sampler,
       operations=[_Augment(augment, mean, std), grain.transforms.Batch(local_batch, drop_remainder=True)],
-      worker_count=worker_count)
+      worker_count=worker_count, shard_options=grain.sharding.NoSharding())
+
+
+class GlobalBatchSliceSampler:
+  """Per-process view of ONE process-count-independent sample stream (the multi-host input contract).
+
+  ``base`` is a sampler over the whole dataset (shuffled with the run's seed); its element ``k`` is the
+  ``k``-th example of the global stream, with the augmentation RNG keyed by ``k``. Global batch ``b`` is
+  elements ``[b*G, (b+1)*G)``; process ``p`` of ``P`` reads rows ``[p*L, (p+1)*L)`` of it (``L = G/P``),
+  i.e. its local element ``j`` is global element ``(j // L) * G + p * L + j % L``. Every process thus
+  reads and augments only its own rows (as with grain's ``ShardByJaxProcess``), yet the assembled global
+  batch -- contents, order and augmentation -- is the same for any process count: 2 processes x 2
+  devices train on exactly the batches of 1 process x 4 devices. With one process the mapping is the
+  identity (the same stream as ``IndexSampler`` with one shard).
+  (With ``worker_count > 0`` grain interleaves records across workers, so batches are still disjoint
+  across processes but the stream then depends on the process count.)
+  """
+
+  def __init__(self, base, *, global_batch_size: int, process_index: int, process_count: int):
+    if global_batch_size % process_count:
+      raise ValueError(f"global batch {global_batch_size} is not divisible by {process_count} processes")
+    self._base = base
+    self._global = global_batch_size
+    self._local = global_batch_size // process_count
+    self._process_index = process_index
+    self._process_count = process_count
+
+  def __len__(self) -> int:
+    return len(self._base)  # sys.maxsize for an infinite stream: the mapping keeps it unbounded
+
+  def __getitem__(self, index: int):
+    batch, row = divmod(index, self._local)
+    return self._base[batch * self._global + self._process_index * self._local + row]
+
+  def __repr__(self) -> str:
+    # grain validates a restored iterator state against repr(sampler): name the stream only, not this
+    # process's place in it, so a checkpoint restores into any process count.
+    return f"GlobalBatchSliceSampler(base={self._base!r})"
 
 
 def eval_batches(source, *, global_batch_size: int, mean, std, image_shape: tuple[int, int, int],

@@ -8,9 +8,11 @@ or corrupted files) is reported with a warning and the previous one is used. orb
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import grain
@@ -33,7 +35,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+      items["data"] = DataSave(data_iterator)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
   def all_steps(self) -> list[int]:
@@ -46,7 +48,7 @@ class Checkpointer:
     for step in reversed(steps):
       items = {"state": ocp.args.StandardRestore(abstract_state)}
       if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        items["data"] = DataRestore(data_iterator)
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # corrupt / truncated / incompatible: fall back to the previous one
@@ -67,6 +69,66 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
+  """grain's iterator handler (same files: one ``process_{i}-of-{n}.json`` per process), whose restore
+  also accepts a state written by a different number of processes.
+
+  ``research.data.train_loader`` reads, in process ``p`` of ``n``, rows ``[p*G/n, (p+1)*G/n)`` of one
+  process-count-independent stream of global batches (``GlobalBatchSliceSampler``), so a state is
+  "local records consumed" = ``global records consumed / n``: a state saved by ``m`` processes is rescaled
+  by ``m/n`` (only in-process loading, ``worker_count=0``, can be converted).
+  """
+
+  def restore(self, directory, item=None, args=None):
+    item = item or args.item
+    count = jax.process_count()
+    own = directory / f"process_{jax.process_index()}-of-{count}.json"
+    if own.exists():
+      saved_count, state = count, json.loads(own.read_text())
+    else:
+      saved = sorted((int(m.group(1)), f) for f in directory.iterdir()
+                     if (m := re.fullmatch(r"process_0-of-(\d+)\.json", f.name)))
+      if not saved:
+        raise ValueError(f"no data-iterator state in {directory} (expected process_*-of-*.json)")
+      saved_count, state = saved[0][0], json.loads(saved[0][1].read_text())
+    sampler = str(state.get("sampler", ""))
+    if saved_count != count:
+      last_seen = state.get("last_seen_indices", {})
+      if (state.get("worker_count") != 0 or list(last_seen) != ["0"]
+          or not sampler.startswith("GlobalBatchSliceSampler")):
+        raise ValueError(f"the data-iterator state in {directory} was written by {saved_count} processes with "
+                         f"sampler {sampler!r} and worker_count={state.get('worker_count')}; only "
+                         f"GlobalBatchSliceSampler states with --data_workers=0 can be restored into {count} "
+                         f"processes")
+      consumed = (int(last_seen["0"]) + 1) * saved_count  # records of the global stream
+      if consumed % count:
+        raise ValueError(f"cannot split {consumed} consumed records of {directory} over {count} processes")
+      state["last_seen_indices"] = {"0": consumed // count - 1}
+      log.info("data iterator: rescaled the state of %d processes in %s to %d processes", saved_count,
+               directory, count)
+    if isinstance(item, grain.DatasetIterator):
+      item.set_state(state)
+    else:
+      item.set_state(json.dumps(state, indent=4).encode())
+    if hasattr(item, "start_prefetch"):
+      item.start_prefetch()
+    return item
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  """Save a grain iterator (``DataIteratorHandler``)."""
+  item: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  """Restore a grain iterator in place, across process counts (``DataIteratorHandler``)."""
+  item: Any
 
 
 def _warn(msg: str) -> None:
