@@ -1,0 +1,352 @@
+"""Region-of-interest feature extraction: RoIAlign, position-sensitive RoIAlign and RoIPool (channels-last).
+
+Semantics match torchvision's C++ kernels (see ``research/ops/README.md``). Each op has a pure-JAX reference
+(differentiable, any backend, memory bounded by chunking over ROIs) and a C++ XLA FFI fast path on CPU
+joined to its backward kernel with ``jax.custom_vjp``. Gradients flow to ``features`` only.
+
+Reference formulation: bilinear RoIAlign is separable. For ROI k, output bin (i, j) is
+``sum_{h,w} Wy[k,i,h] Wx[k,j,w] F[n_k,h,w,:] / count``, where ``Wy[k,i,h]`` sums the bilinear weights that
+row h receives from the bin's sample rows (zero for samples outside ``[-1, H]``). The weights are computed
+exactly for any (data-dependent) adaptive grid ``ceil(roi/output)`` without a static bound on the grid:
+each row only sees the few samples within distance 1 of it. The contraction is two batched matmuls.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research.ops import _ffi
+from research.ops._util import FFI_DTYPES, HIGHEST, chunked_map, compute_dtype, exact_div, pair
+
+_ELEMS_PER_CHUNK = 1 << 23  # bound on the per-chunk intermediate of the references (elements)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation
+# ----------------------------------------------------------------------------------------------------------
+def _check_roi_args(op, features, boxes, box_indices, output_size):
+  if features.ndim != 4:
+    raise ValueError(f"{op}: features must be [N, H, W, C], got shape {features.shape}")
+  if boxes.ndim != 2 or boxes.shape[-1] != 4:
+    raise ValueError(f"{op}: boxes must be [K, 4] (x1, y1, x2, y2), got shape {boxes.shape}")
+  if box_indices.ndim != 1 or box_indices.shape[0] != boxes.shape[0]:
+    raise ValueError(f"{op}: box_indices must be [K] with K = boxes.shape[0]; got box_indices "
+                     f"{box_indices.shape} for boxes {boxes.shape}")
+  if not jnp.issubdtype(box_indices.dtype, jnp.integer):
+    raise ValueError(f"{op}: box_indices must be integer, got {box_indices.dtype}")
+  if not jnp.issubdtype(features.dtype, jnp.floating):
+    raise ValueError(f"{op}: features must be floating point, got {features.dtype}")
+  ph, pw = pair(output_size, "output_size")
+  if ph <= 0 or pw <= 0:
+    raise ValueError(f"{op}: output_size must be positive, got {(ph, pw)}")
+  return ph, pw
+
+
+def _use_ffi(impl, op, features):
+  if impl == "ffi" and np.dtype(features.dtype) not in FFI_DTYPES:
+    raise ValueError(f"{op}(impl='ffi'): the C++ kernel takes float32/bfloat16/float16 features, "
+                     f"got {features.dtype} (use impl='reference')")
+  if not _ffi.use_ffi(impl, op):
+    return False
+  return np.dtype(features.dtype) in FFI_DTYPES
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reference: separable sampling weights
+# ----------------------------------------------------------------------------------------------------------
+def _axis_contrib(y, rows, size):
+  """Weight that integer row(s) ``rows`` receive from samples at ``y`` (torchvision's bilinear rule, 1-D).
+
+  A sample outside ``[-1, size]`` gives nothing; otherwise it is clamped to ``>= 0``, and a sample at or
+  beyond the last row puts all its weight on row ``size - 1``.
+  """
+  inside = (y >= -1.0) & (y <= size)
+  y = jnp.where(inside, y, 0.0)
+  y = jnp.maximum(y, 0.0)
+  y0 = jnp.floor(y)
+  top = y0 >= size - 1
+  y0 = jnp.where(top, size - 1, y0)
+  ly = jnp.where(top, 0.0, y - y0)
+  y1 = jnp.where(top, y0, y0 + 1)
+  w = jnp.where(rows == y0, 1.0 - ly, 0.0) + jnp.where(rows == y1, ly, 0.0)
+  return jnp.where(inside, w, 0.0)
+
+
+def _axis_weights(start, bin_size, grid, n_bins, size, sampling_ratio):
+  """[K] start, bin size and samples per bin -> [K, n_bins, size] summed sampling weights along one axis.
+
+  Sample ``iy`` of bin ``i`` sits at ``(start + i*bin) + (iy + 0.5)*bin/grid`` (torchvision's order of
+  operations). For a fixed ``sampling_ratio`` every sample is enumerated; for the adaptive grid each row
+  gathers the <= 5 samples within distance 1 of it (spacing ``bin/ceil(bin) >= 1/2``), found from the row
+  index, so any box size is exact without a static bound on the grid.
+  """
+  dt = start.dtype
+  base = start[:, None] + jnp.arange(n_bins, dtype=dt)[None, :] * bin_size[:, None]  # [K, nb]
+  rows = jnp.arange(size, dtype=dt)
+  if sampling_ratio > 0:
+    iy = jnp.arange(sampling_ratio, dtype=dt)
+    y = base[..., None] + exact_div((iy + 0.5) * bin_size[:, None, None], float(sampling_ratio))  # [K, nb, S]
+    return _axis_contrib(y[..., None], rows, size).sum(axis=-2)
+  g = grid[:, None, None]
+  g_safe = jnp.maximum(g, 1.0)
+  spacing = bin_size[:, None, None] / g_safe
+  centre = jnp.floor((rows - base[..., None]) / spacing - 0.5)  # [K, nb, size]
+  centre = jnp.clip(jnp.nan_to_num(centre, nan=0.0, posinf=0.0, neginf=0.0), 0.0, g - 1.0)
+  cand = centre[..., None] + jnp.arange(-3, 4, dtype=dt)  # [K, nb, size, 7]
+  valid = (cand >= 0) & (cand < g[..., None])
+  y = base[..., None, None] + exact_div((cand + 0.5) * bin_size[:, None, None, None], g_safe[..., None])
+  w = _axis_contrib(y, rows[:, None], size)
+  return jnp.where(valid, w, 0.0).sum(axis=-1)
+
+
+def _roi_geometry(boxes, box_indices, n_images, ph, pw, spatial_scale, sampling_ratio, aligned, dt):
+  """Scaled ROI start/bin sizes/grid per axis, 1/count and a validity mask (NaN box or bad index -> 0)."""
+  boxes = jax.lax.stop_gradient(boxes.astype(dt))
+  valid = jnp.all(jnp.isfinite(boxes), axis=-1) & (box_indices >= 0) & (box_indices < n_images)
+  boxes = jnp.where(valid[:, None], boxes, 0.0)
+  off = 0.5 if aligned else 0.0
+  x1, y1, x2, y2 = [boxes[:, i] * jnp.asarray(spatial_scale, dt) - off for i in range(4)]
+  rw, rh = x2 - x1, y2 - y1
+  if not aligned:
+    rw, rh = jnp.maximum(rw, 1.0), jnp.maximum(rh, 1.0)
+  bin_h, bin_w = exact_div(rh, float(ph)), exact_div(rw, float(pw))
+  if sampling_ratio > 0:
+    gh = gw = jnp.full_like(rh, float(sampling_ratio))
+  else:
+    gh, gw = jnp.ceil(bin_h), jnp.ceil(bin_w)
+  inv_count = jnp.where(valid, 1.0 / jnp.maximum(gh * gw, 1.0), 0.0)
+  return (y1, bin_h, gh), (x1, bin_w, gw), inv_count
+
+
+def _separable_weights(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned):
+  n, h, w, _ = features.shape
+  dt = compute_dtype(features.dtype)
+  (y1, bh, gh), (x1, bw, gw), inv_count = _roi_geometry(
+      boxes, box_indices, n, ph, pw, spatial_scale, sampling_ratio, aligned, dt)
+  wy = _axis_weights(y1, bh, gh, ph, h, sampling_ratio)  # [K, ph, H]
+  wx = _axis_weights(x1, bw, gw, pw, w, sampling_ratio) * inv_count[:, None, None]  # [K, pw, W]
+  onehot = (box_indices[:, None] == jnp.arange(n)[None, :]).astype(dt)  # [K, N]
+  return wy, wx, onehot, dt
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _roi_align_reference(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned):
+  wy, wx, onehot, dt = _separable_weights(features, boxes, box_indices, ph, pw, spatial_scale,
+                                          sampling_ratio, aligned)
+  f = features.astype(dt)
+  _, _, w, c = features.shape
+
+  def block(wy, wx, onehot):
+    a = jnp.einsum("kih,kn->kinh", wy, onehot)
+    t = jnp.einsum("kinh,nhwc->kiwc", a, f, precision=HIGHEST)
+    return jnp.einsum("kjw,kiwc->kijc", wx, t, precision=HIGHEST)
+
+  chunk = max(1, _ELEMS_PER_CHUNK // (ph * w * c))
+  out = chunked_map(block, (wy, wx, onehot), boxes.shape[0], chunk)
+  return out.astype(features.dtype)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _ps_roi_align_reference(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio):
+  wy, wx, onehot, dt = _separable_weights(features, boxes, box_indices, ph, pw, spatial_scale,
+                                          sampling_ratio, True)
+  n, h, w, c = features.shape
+  co = c // (ph * pw)
+  f = features.astype(dt).reshape(n, h, w, co, ph, pw)  # c_in = (c_out*ph + i)*pw + j
+
+  def block(wy, wx, onehot):
+    a = jnp.einsum("kih,kn->kinh", wy, onehot)
+    t = jnp.einsum("kinh,nhwcij->kiwcj", a, f, precision=HIGHEST)
+    return jnp.einsum("kjw,kiwcj->kijc", wx, t, precision=HIGHEST)
+
+  chunk = max(1, _ELEMS_PER_CHUNK // (ph * w * co * pw))
+  out = chunked_map(block, (wy, wx, onehot), boxes.shape[0], chunk)
+  return out.astype(features.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# FFI path
+# ----------------------------------------------------------------------------------------------------------
+def _roi_attrs(ph, pw, spatial_scale, sampling_ratio, aligned, mode):
+  return dict(pooled_h=np.int32(ph), pooled_w=np.int32(pw), spatial_scale=np.float32(spatial_scale),
+              sampling_ratio=np.int32(sampling_ratio), aligned=bool(aligned), mode=np.int32(mode))
+
+
+_MODE_ALIGN, _MODE_PS = 0, 1
+
+
+def _roi_align_ffi_call(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned, mode):
+  k = boxes.shape[0]
+  c = features.shape[-1] // (ph * pw) if mode == _MODE_PS else features.shape[-1]
+  out = jax.ShapeDtypeStruct((k, ph, pw, c), features.dtype)
+  call = jax.ffi.ffi_call(_ffi.target("roi_align_fwd"), out, vmap_method="broadcast_all")
+  return call(features, boxes.astype(jnp.float32), box_indices.astype(jnp.int32),
+              **_roi_attrs(ph, pw, spatial_scale, sampling_ratio, aligned, mode))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _roi_align_ffi(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned, mode):
+  return _roi_align_ffi_call(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned, mode)
+
+
+def _roi_align_ffi_fwd(features, boxes, box_indices, *static):
+  return _roi_align_ffi_call(features, boxes, box_indices, *static), (features, boxes, box_indices)
+
+
+def _roi_align_ffi_bwd(ph, pw, spatial_scale, sampling_ratio, aligned, mode, res, g):
+  features, boxes, box_indices = res
+  out = jax.ShapeDtypeStruct(features.shape, features.dtype)
+  call = jax.ffi.ffi_call(_ffi.target("roi_align_bwd"), out, vmap_method="broadcast_all")
+  gf = call(g, boxes.astype(jnp.float32), box_indices.astype(jnp.int32),
+            **_roi_attrs(ph, pw, spatial_scale, sampling_ratio, aligned, mode))
+  return gf, None, None
+
+
+_roi_align_ffi.defvjp(_roi_align_ffi_fwd, _roi_align_ffi_bwd)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+# ----------------------------------------------------------------------------------------------------------
+def roi_align(features, boxes, box_indices, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
+              aligned=True, impl="auto"):
+  """RoIAlign (He et al. 2017, Mask R-CNN): bilinear average pooling of each box into a fixed grid.
+
+  Args:
+    features: ``[N, H, W, C]`` float32/bfloat16/float16 (float64 on the reference path).
+    boxes: ``[K, 4]`` as (x1, y1, x2, y2) in input coordinates; scaled by ``spatial_scale``.
+    box_indices: ``[K]`` int, the image of each box. Out-of-range indices and non-finite boxes give 0.
+    output_size: ``(ph, pw)`` or an int.
+    sampling_ratio: samples per bin and axis; ``<= 0`` uses ``ceil(roi_size / output_size)`` per ROI.
+    aligned: shift by -0.5 pixel (the Detectron2 / torchvision ``aligned=True`` convention).
+    impl: "auto" | "reference" | "ffi".
+  Returns:
+    ``[K, ph, pw, C]`` in the dtype of ``features`` (float32 accumulation).
+  """
+  features, boxes, box_indices = jnp.asarray(features), jnp.asarray(boxes), jnp.asarray(box_indices)
+  ph, pw = _check_roi_args("roi_align", features, boxes, box_indices, output_size)
+  if _use_ffi(impl, "roi_align", features):
+    return _roi_align_ffi(features, boxes, box_indices, ph, pw, float(spatial_scale), int(sampling_ratio),
+                          bool(aligned), _MODE_ALIGN)
+  return _roi_align_reference(features, boxes, box_indices, ph, pw, float(spatial_scale),
+                              int(sampling_ratio), bool(aligned))
+
+
+def ps_roi_align(features, boxes, box_indices, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
+                 impl="auto"):
+  """Position-sensitive RoIAlign (Dai et al. 2016, R-FCN, with RoIAlign sampling); always aligned.
+
+  ``features`` ``[N, H, W, C]`` with ``C = C_out * ph * pw``; output bin (i, j) of channel ``c_out`` reads
+  input channel ``(c_out * ph + i) * pw + j``. Returns ``[K, ph, pw, C_out]``. Empty grids give 0
+  (torchvision divides by a zero count there).
+  """
+  features, boxes, box_indices = jnp.asarray(features), jnp.asarray(boxes), jnp.asarray(box_indices)
+  ph, pw = _check_roi_args("ps_roi_align", features, boxes, box_indices, output_size)
+  if features.shape[-1] % (ph * pw):
+    raise ValueError(f"ps_roi_align: channels C={features.shape[-1]} of features {features.shape} must be "
+                     f"divisible by ph*pw = {ph}*{pw}")
+  if _use_ffi(impl, "ps_roi_align", features):
+    return _roi_align_ffi(features, boxes, box_indices, ph, pw, float(spatial_scale), int(sampling_ratio),
+                          True, _MODE_PS)
+  return _ps_roi_align_reference(features, boxes, box_indices, ph, pw, float(spatial_scale),
+                                 int(sampling_ratio))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# RoIPool
+# ----------------------------------------------------------------------------------------------------------
+def _round_half_away(x):
+  return jnp.sign(x) * jnp.floor(jnp.abs(x) + 0.5)
+
+
+def _roi_pool_windows(boxes, ph, pw, spatial_scale, h, w):
+  """Integer bin windows [start, end) per ROI and bin (torchvision: rounded box, floor/ceil bin edges)."""
+  boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
+  b = _round_half_away(boxes * jnp.float32(spatial_scale))
+  x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+  rw = jnp.maximum(x2 - x1 + 1, 1.0)
+  rh = jnp.maximum(y2 - y1 + 1, 1.0)
+
+  def edges(start, size, n_bins, limit):
+    binsz = exact_div(size, float(n_bins))
+    i = jnp.arange(n_bins, dtype=jnp.float32)
+    lo = jnp.floor(i[None] * binsz[:, None]) + start[:, None]
+    hi = jnp.ceil((i[None] + 1) * binsz[:, None]) + start[:, None]
+    return jnp.clip(lo, 0, limit), jnp.clip(hi, 0, limit)
+
+  return edges(y1, rh, ph, h), edges(x1, rw, pw, w)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5))
+def _roi_pool_reference(features, boxes, box_indices, ph, pw, spatial_scale):
+  n, h, w, c = features.shape
+  (hs, he), (ws, we) = _roi_pool_windows(boxes, ph, pw, spatial_scale, h, w)
+  valid = jnp.all(jnp.isfinite(boxes), axis=-1) & (box_indices >= 0) & (box_indices < n)
+  idx = jnp.clip(box_indices, 0, n - 1).astype(jnp.int32)
+  lowest = jnp.finfo(jnp.float32).min
+  hh, ww = jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32)
+
+  def one(hs, he, ws, we, idx, valid):
+    f = jax.lax.dynamic_index_in_dim(features, idx, keepdims=False).astype(jnp.float32)  # [H, W, C]
+    fs = jax.lax.stop_gradient(jnp.where(jnp.isnan(f), -jnp.inf, f))
+    colm = (ww[None] >= ws[:, None]) & (ww[None] < we[:, None])  # [pw, W]
+    rowm = (hh[None] >= hs[:, None]) & (hh[None] < he[:, None])  # [ph, H]
+    v = jnp.where(colm[:, None, :, None], fs[None], -jnp.inf)  # [pw, H, W, C]
+    rmax = v.max(axis=2)  # [pw, H, C]
+    rarg = jnp.argmax(v, axis=2)  # first w attaining the max
+    u = jnp.where(rowm[:, None, :, None], rmax[None], -jnp.inf)  # [ph, pw, H, C]
+    bmax = u.max(axis=2)
+    harg = jnp.argmax(u, axis=2)  # [ph, pw, C]: first row attaining the max -> row-major first
+    warg = jnp.take_along_axis(rarg[None], harg[:, :, None, :], axis=2)[:, :, 0, :]
+    picked = f[harg, warg, jnp.arange(c)[None, None, :]]
+    empty = (he <= hs)[:, None, None] | (we <= ws)[None, :, None]
+    out = jnp.where(bmax > lowest, picked, lowest)
+    return jnp.where(empty | ~valid, 0.0, out)
+
+  chunk = max(1, _ELEMS_PER_CHUNK // (pw * h * w * c))
+  out = chunked_map(lambda *a: jax.vmap(one)(*a), (hs, he, ws, we, idx, valid), boxes.shape[0], chunk)
+  return out.astype(features.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _roi_pool_ffi(features, boxes, box_indices, ph, pw, spatial_scale):
+  return _roi_pool_ffi_fwd(features, boxes, box_indices, ph, pw, spatial_scale)[0]
+
+
+def _roi_pool_ffi_fwd(features, boxes, box_indices, ph, pw, spatial_scale):
+  k, c = boxes.shape[0], features.shape[-1]
+  outs = (jax.ShapeDtypeStruct((k, ph, pw, c), features.dtype),
+          jax.ShapeDtypeStruct((k, ph, pw, c), jnp.int32))
+  call = jax.ffi.ffi_call(_ffi.target("roi_pool_fwd"), outs, vmap_method="broadcast_all")
+  out, argmax = call(features, boxes.astype(jnp.float32), box_indices.astype(jnp.int32),
+                     pooled_h=np.int32(ph), pooled_w=np.int32(pw), spatial_scale=np.float32(spatial_scale))
+  return out, (features, box_indices, argmax)
+
+
+def _roi_pool_ffi_bwd(ph, pw, spatial_scale, res, g):
+  features, box_indices, argmax = res
+  call = jax.ffi.ffi_call(_ffi.target("roi_pool_bwd"), jax.ShapeDtypeStruct(features.shape, features.dtype),
+                          vmap_method="broadcast_all")
+  return call(g, box_indices.astype(jnp.int32), argmax), None, None
+
+
+_roi_pool_ffi.defvjp(_roi_pool_ffi_fwd, _roi_pool_ffi_bwd)
+
+
+def roi_pool(features, boxes, box_indices, output_size, *, spatial_scale=1.0, impl="auto"):
+  """RoIPool (Girshick 2015, Fast R-CNN): max over integer bins of the rounded, scaled box.
+
+  ``features`` ``[N, H, W, C]``, ``boxes`` ``[K, 4]``, ``box_indices`` ``[K]`` -> ``[K, ph, pw, C]``.
+  torchvision rules: corners rounded half away from zero, size ``max(x2 - x1 + 1, 1)``, bin edges
+  ``floor(i * bin)`` / ``ceil((i + 1) * bin)`` clipped to the map, empty bins give 0, the gradient goes to
+  the first maximum in row-major order. NaN features are ignored; non-finite boxes give 0.
+  """
+  features, boxes, box_indices = jnp.asarray(features), jnp.asarray(boxes), jnp.asarray(box_indices)
+  ph, pw = _check_roi_args("roi_pool", features, boxes, box_indices, output_size)
+  if _use_ffi(impl, "roi_pool", features):
+    return _roi_pool_ffi(features, boxes, box_indices, ph, pw, float(spatial_scale))
+  return _roi_pool_reference(features, boxes, box_indices, ph, pw, float(spatial_scale))
