@@ -235,7 +235,7 @@ def eval_batches(source, *, global_batch_size: int, mean, std, image_shape: tupl
   for b in range(-(-n // global_batch_size)):
     idx = np.arange(b * global_batch_size + start, b * global_batch_size + start + local_batch)
     valid = idx < n
-    rows = source.__getitems__([int(i) for i in idx[valid]]) if valid.any() else []
+    rows = _read(source, [int(i) for i in idx[valid]]) if valid.any() else []
     images = np.zeros((local_batch,) + tuple(image_shape), np.uint8)
     labels = np.zeros((local_batch,), np.int32)
     for r, row in enumerate(rows):
@@ -244,11 +244,19 @@ def eval_batches(source, *, global_batch_size: int, mean, std, image_shape: tupl
     yield {"image": normalize(images, mean, std), "label": labels, "mask": valid.astype(np.float32)}
 
 
+def _read(source, indices: list[int]) -> list:
+  """Batched random access where the source supports it (array_record), else one record at a time."""
+  try:
+    return source.__getitems__(indices)
+  except (AttributeError, TypeError):  # e.g. tfds.testing.mock_data's source
+    return [source[i] for i in indices]
+
+
 def load_arrays(name: str, split: str, data_dir: str | None = None,
                 keys: tuple[str, ...] = ("image", "label", "coarse_label")) -> dict[str, np.ndarray]:
   """A whole split as numpy arrays (``image`` uint8 [N,H,W,C], integer labels [N])."""
   source = get_source(name, split, data_dir)
-  rows = source.__getitems__(list(range(len(source))))
+  rows = _read(source, list(range(len(source))))
   out = {}
   for k in keys:
     if k not in rows[0]:
