@@ -4,6 +4,11 @@ r"""Supervised classification on any registered model and TFDS dataset (offline 
   python -m experiments.classify --flagfile=experiments/configs/classify_shapes.flags --workdir=/tmp/wrn
 
 Resumes automatically from ``--workdir``; writes ``results.json``, ``metrics.jsonl``, ``tb/``.
+
+Recipes (research/train/recipes.py), e.g. Goyal et al.'s large-minibatch SGD on a post-activation ResNet:
+  --lr_scaling=linear --base_batch_size=256 --warmup_steps=500 --warmup_init=0.125 --zero_init_residual
+and --freeze_bn_last_steps=N (SENet), --loss=softmax_center (Wen et al.), --temperature=T, --label_smoothing,
+--loss=hinge|logistic|square, --schedule=onecycle (see experiments.super_convergence for the LR range test).
 """
 
 from __future__ import annotations
@@ -45,6 +50,21 @@ flags.DEFINE_enum("augment", "auto", ["auto", "none", "crop", "crop_flip"], "Aug
 flags.DEFINE_integer("data_workers", 0, "grain worker processes (0 = in-process).")
 flags.DEFINE_string("init_checkpoint", None, "Initialise params from this checkpoint when workdir has none.")
 flags.DEFINE_bool("progress_bar", True, "Show a progress bar (process 0).")
+# Recipes (research/train/recipes.py).
+flags.DEFINE_enum("lr_scaling", "none", ["none", "linear"],
+                  "linear: peak LR = --learning_rate * --batch_size / --base_batch_size (Goyal et al. 2017).")
+flags.DEFINE_integer("base_batch_size", 256, "Batch size at which --learning_rate is given (--lr_scaling=linear).")
+flags.DEFINE_float("warmup_init", 0.0, "Warmup starts at this fraction of the peak LR (Goyal et al.: 1/k).")
+flags.DEFINE_bool("zero_init_residual", False,
+                  "Zero-init γ of each residual block's last BN (Goyal et al. 2017; post-activation ResNets).")
+flags.DEFINE_integer("freeze_bn_last_steps", 0,
+                     "For the last N steps BN normalises with, and stops updating, its running statistics (SENet).")
+flags.DEFINE_float("temperature", 1.0, "Softmax temperature T: softmax(logits / T) in the softmax losses.")
+flags.DEFINE_float("center_loss_weight", 0.003, "λ of --loss=softmax_center (Wen et al. 2016, Eq. 5).")
+flags.DEFINE_float("center_loss_alpha", 0.5, "Centre learning rate α of --loss=softmax_center (Wen et al., Eq. 4).")
+flags.DEFINE_integer("num_classes_subset", 0, "Use only the classes with label < N (0 = all).")
+flags.DEFINE_list("step_boundaries", ["0.5", "0.75"], "--schedule=step: fractions of --num_steps where LR *= 0.1.")
+flags.DEFINE_float("onecycle_pct_start", 0.3, "--schedule=onecycle: fraction of steps with increasing LR.")
 
 
 def config_from_flags():
@@ -64,7 +84,20 @@ def config_from_flags():
       grad_clip_norm=FLAGS.grad_clip_norm, seed=FLAGS.seed, eval_every=FLAGS.eval_every,
       checkpoint_every=FLAGS.checkpoint_every, keep_checkpoints=FLAGS.keep_checkpoints, log_every=FLAGS.log_every,
       sync_bn=FLAGS.sync_bn, dtype=FLAGS.dtype, augment=FLAGS.augment, data_workers=FLAGS.data_workers,
-      init_checkpoint=FLAGS.init_checkpoint, progress_bar=FLAGS.progress_bar)
+      init_checkpoint=FLAGS.init_checkpoint, progress_bar=FLAGS.progress_bar, **recipe_kwargs_from_flags())
+
+
+def recipe_kwargs_from_flags() -> dict:
+  """The recipe fields of ClassifyConfig (research/train/recipes.py) from their flags."""
+  try:
+    boundaries = tuple(float(b) for b in FLAGS.step_boundaries)
+  except ValueError:
+    raise ValueError(f"--step_boundaries must be numbers, got {FLAGS.step_boundaries}") from None
+  return dict(lr_scaling=FLAGS.lr_scaling, base_batch_size=FLAGS.base_batch_size, warmup_init=FLAGS.warmup_init,
+              zero_init_residual=FLAGS.zero_init_residual, freeze_bn_last_steps=FLAGS.freeze_bn_last_steps,
+              temperature=FLAGS.temperature, center_loss_weight=FLAGS.center_loss_weight,
+              center_loss_alpha=FLAGS.center_loss_alpha, num_classes_subset=FLAGS.num_classes_subset,
+              step_boundaries=boundaries, onecycle_pct_start=FLAGS.onecycle_pct_start)
 
 
 def main(argv):

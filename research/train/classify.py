@@ -24,7 +24,7 @@ from research import data as data_lib
 from research import models
 from research.train import checkpoint as ckpt_lib
 from research.train import metrics as metrics_lib
-from research.train import optim, steps
+from research.train import optim, recipes, steps
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,18 @@ class ClassifyConfig:
   init_checkpoint: str | None = None
   eval_batch_size: int = 0  # 0: same as batch_size
   progress_bar: bool = True
+  # Recipes (issue 5; research/train/recipes.py).
+  lr_scaling: str = "none"  # "linear": learning_rate * batch_size / base_batch_size (Goyal et al. 2017)
+  base_batch_size: int = 256
+  warmup_init: float = 0.0  # warmup starts at warmup_init * peak LR (Goyal et al.: 1/k, the small-batch LR)
+  zero_init_residual: bool = False  # γ = 0 in each residual block's last BN (Goyal et al. 2017)
+  freeze_bn_last_steps: int = 0  # BN uses and keeps its running statistics for the last N steps (SENet)
+  temperature: float = 1.0  # softmax(logits / T) in the softmax losses
+  center_loss_weight: float = 0.003  # λ of --loss=softmax_center (Wen et al. 2016, Eq. 5)
+  center_loss_alpha: float = 0.5  # α, the centre learning rate (Wen et al. 2016, Eq. 4)
+  num_classes_subset: int = 0  # >0: train and evaluate on the classes with label < N only
+  step_boundaries: tuple[float, ...] = (0.5, 0.75)  # --schedule=step: fractions of num_steps where LR *= 0.1
+  onecycle_pct_start: float = 0.3  # --schedule=onecycle: fraction of steps spent increasing the LR
 
 
 def params_sha256(params) -> str:
@@ -100,18 +112,80 @@ def validate(cfg: ClassifyConfig) -> None:
                        f"use a multiple of {jax.device_count()}")
   if not 0 <= cfg.label_smoothing < 1:
     raise ValueError(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
+  _validate_recipes(cfg)
   _loss_fn(cfg)
 
 
+def _validate_recipes(cfg: ClassifyConfig) -> None:
+  if cfg.lr_scaling not in recipes.LR_SCALINGS:
+    raise ValueError(f"--lr_scaling={cfg.lr_scaling!r}; choose one of {recipes.LR_SCALINGS}")
+  if cfg.base_batch_size <= 0:
+    raise ValueError(f"--base_batch_size must be positive, got {cfg.base_batch_size}")
+  if not 0 <= cfg.warmup_init <= 1:
+    raise ValueError(f"--warmup_init must be in [0, 1] (a fraction of the peak LR), got {cfg.warmup_init}")
+  if not 0 <= cfg.freeze_bn_last_steps < cfg.num_steps:
+    raise ValueError(f"--freeze_bn_last_steps={cfg.freeze_bn_last_steps} must be in [0, --num_steps={cfg.num_steps})")
+  if not cfg.temperature > 0:
+    raise ValueError(f"--temperature must be positive, got {cfg.temperature}")
+  if cfg.center_loss_weight < 0:
+    raise ValueError(f"--center_loss_weight must be >= 0, got {cfg.center_loss_weight}")
+  if not 0 < cfg.center_loss_alpha <= 1:
+    raise ValueError(f"--center_loss_alpha must be in (0, 1], got {cfg.center_loss_alpha}")
+  if cfg.num_classes_subset < 0 or cfg.num_classes_subset == 1:
+    raise ValueError(f"--num_classes_subset must be 0 (all classes) or >= 2, got {cfg.num_classes_subset}")
+  if cfg.schedule == "step" and not all(0 < b < 1 for b in cfg.step_boundaries):
+    raise ValueError(f"--step_boundaries must be fractions in (0, 1), got {list(cfg.step_boundaries)}")
+  if not 0 < cfg.onecycle_pct_start < 1:
+    raise ValueError(f"--onecycle_pct_start must be in (0, 1), got {cfg.onecycle_pct_start}")
+  if cfg.schedule == "onecycle" and cfg.warmup_steps:
+    log.warning("--warmup_steps=%d is ignored by --schedule=onecycle (its first phase is the warmup; see "
+                "--onecycle_pct_start)", cfg.warmup_steps)
+  if cfg.zero_init_residual:
+    if "zero_init_last_bn" in cfg.model_kwargs:
+      raise ValueError("--zero_init_residual and --model_kwargs zero_init_last_bn both given; use one")
+    probe = models.create(cfg.model, num_classes=2, **cfg.model_kwargs)
+    if not recipes.supports_zero_init_residual(probe):
+      raise ValueError(f"--zero_init_residual: model {cfg.model!r} ({type(probe).__name__}) has no zero_init_last_bn "
+                       f"option (pre-activation blocks end with a conv, not a BN); use a post-activation ResNet "
+                       f"such as resnet18/resnet50")
+
+
+def effective_learning_rate(cfg: ClassifyConfig) -> float:
+  """Peak LR after ``--lr_scaling`` (Goyal et al.'s Linear Scaling Rule when ``linear``)."""
+  return recipes.scaled_lr(cfg.lr_scaling, cfg.learning_rate, cfg.batch_size, cfg.base_batch_size)
+
+
+def center_loss_of(cfg: ClassifyConfig) -> recipes.CenterLoss | None:
+  """The center-loss settings when ``--loss=softmax_center``, else None."""
+  if cfg.loss != "softmax_center":
+    return None
+  return recipes.CenterLoss(lam=cfg.center_loss_weight, alpha=cfg.center_loss_alpha)
+
+
+def _temperature_ce(logits, labels, *, temperature: float, label_smoothing: float):
+  return steps.cross_entropy(logits / temperature, labels, label_smoothing=label_smoothing)
+
+
 def _loss_fn(cfg: ClassifyConfig):
-  if cfg.loss == "cross_entropy":
-    return functools.partial(steps.cross_entropy, label_smoothing=cfg.label_smoothing)
-  try:
-    from research.train import losses
-  except ImportError:
-    losses = None
-  if losses is None or not hasattr(losses, "get_loss"):
-    raise ValueError(f"--loss={cfg.loss!r}; only cross_entropy is available")
+  """Per-example loss ``fn(logits, labels) -> [B]`` for ``--loss``. For ``softmax_center`` this is the softmax
+  part only; the center term needs the features and centres and is added in ``steps.train_step``."""
+  from research.train import losses
+  if cfg.loss in ("cross_entropy", "softmax_center"):
+    if cfg.temperature == 1.0:
+      return functools.partial(steps.cross_entropy, label_smoothing=cfg.label_smoothing)
+    return functools.partial(_temperature_ce, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
+  if cfg.loss not in losses.loss_names():
+    raise ValueError(f"--loss={cfg.loss!r}; choose one of {losses.loss_names()}")
+  if cfg.loss == "label_smoothing":
+    if cfg.temperature != 1.0:
+      raise ValueError("--temperature applies to --loss=cross_entropy/softmax_center/temperature_cross_entropy")
+    return losses.get_loss(cfg.loss, smoothing=cfg.label_smoothing or 0.1)
+  if cfg.label_smoothing:
+    raise ValueError(f"--label_smoothing applies to the softmax cross-entropy losses, not --loss={cfg.loss}")
+  if cfg.loss == "temperature_cross_entropy":
+    return losses.get_loss(cfg.loss, temperature=cfg.temperature)
+  if cfg.temperature != 1.0:
+    raise ValueError(f"--temperature applies to the softmax losses, not --loss={cfg.loss}")
   return losses.get_loss(cfg.loss)
 
 
@@ -140,22 +214,95 @@ def _last_logged(workdir: str, key: str) -> float | None:
   return value
 
 
-def build(cfg: ClassifyConfig, spec: data_lib.DatasetSpec, mesh):
-  """(model, schedule, optimizer, abstract state, initial state) for ``cfg``."""
-  model = models.create(cfg.model, num_classes=spec.num_classes, dtype=DTYPES[cfg.dtype],
-                        bn_axis_name=steps.DATA_AXIS if cfg.sync_bn else None, **cfg.model_kwargs)
-  schedule = optim.make_schedule(cfg.schedule, cfg.learning_rate, cfg.num_steps, warmup_steps=cfg.warmup_steps)
+def eval_curve(workdir: str) -> list[tuple[int, float]]:
+  """[(step, eval accuracy)] logged in ``workdir/metrics.jsonl``, in step order (last value per step)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  curve: dict[int, float] = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError:
+          continue
+        if "eval/accuracy" in row:
+          curve[int(row["step"])] = float(row["eval/accuracy"])
+  return sorted(curve.items())
+
+
+def finished_results(workdir: str, num_steps: int) -> dict[str, Any] | None:
+  """``workdir/results.json`` if it records a finished run of ``num_steps`` steps (experiments skip those, keeping
+  their original timings), else None."""
+  path = os.path.join(workdir, "results.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    res = json.load(f)
+  return res if res.get("step") == num_steps else None
+
+
+def steps_to_accuracy(curve: list[tuple[int, float]], target: float) -> int | None:
+  """First evaluated step whose accuracy is >= ``target`` (None if never)."""
+  return next((s for s, a in curve if a >= target), None)
+
+
+def make_model(cfg: ClassifyConfig, spec: data_lib.DatasetSpec):
+  """The linen module of ``cfg`` (``--zero_init_residual`` maps to the model's ``zero_init_last_bn``)."""
+  model_kwargs = dict(cfg.model_kwargs)
+  if cfg.zero_init_residual:
+    model_kwargs["zero_init_last_bn"] = True
+  return models.create(cfg.model, num_classes=spec.num_classes, dtype=DTYPES[cfg.dtype],
+                       bn_axis_name=steps.DATA_AXIS if cfg.sync_bn else None, **model_kwargs)
+
+
+def build(cfg: ClassifyConfig, spec: data_lib.DatasetSpec, mesh, schedule=None):
+  """(model, schedule, optimizer, abstract state, initial state) for ``cfg``; ``schedule`` overrides the
+  configured one (the LR range test's exponential ramp)."""
+  model = make_model(cfg, spec)
+  if schedule is None:
+    schedule = optim.make_schedule(cfg.schedule, effective_learning_rate(cfg), cfg.num_steps,
+                                   warmup_steps=cfg.warmup_steps, warmup_init=cfg.warmup_init,
+                                   step_boundaries=cfg.step_boundaries, onecycle_pct_start=cfg.onecycle_pct_start)
   tx = optim.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                             decay_bn_and_bias=cfg.decay_bn_and_bias, grad_clip_norm=cfg.grad_clip_norm or None)
   abstract, state = steps.init_state(model, tx, cfg.seed, (1,) + spec.image_shape, mesh)
+  if center_loss_of(cfg) is not None:  # class centres c_j [C, D], D = the classifier's input width
+    dim = recipes.feature_dim(model, {"params": abstract.params, "batch_stats": abstract.batch_stats},
+                              (1,) + spec.image_shape)
+    centers = jax.device_put(recipes.init_centers(spec.num_classes, dim), steps.replicated(mesh))
+    state = state.replace(extra={"centers": centers})
+    abstract = abstract.replace(extra={"centers": jax.ShapeDtypeStruct(
+        centers.shape, centers.dtype, sharding=steps.replicated(mesh))})
   return model, schedule, tx, abstract, state
+
+
+def prepare_data(cfg: ClassifyConfig):
+  """(spec, train source, eval source) of ``cfg.dataset``, restricted to ``--num_classes_subset`` classes."""
+  spec = data_lib.get_spec(cfg.dataset, cfg.data_dir)
+  train_source = data_lib.get_source(cfg.dataset, "train", cfg.data_dir)
+  eval_source = data_lib.get_source(cfg.dataset, spec.eval_split, cfg.data_dir)
+  return _class_subset(cfg, spec, train_source, eval_source)
+
+
+def _class_subset(cfg: ClassifyConfig, spec, train_source, eval_source):
+  """Restricts the sources and spec to the classes with label < ``--num_classes_subset``."""
+  k = cfg.num_classes_subset
+  if not k:
+    return spec, train_source, eval_source
+  if k > spec.num_classes:
+    raise ValueError(f"--num_classes_subset={k} exceeds the {spec.num_classes} classes of --dataset={cfg.dataset}")
+  data_dir = cfg.data_dir or data_lib.default_data_dir()
+  train_source = recipes.ClassSubsetSource(train_source, recipes.read_labels(cfg.dataset, "train", data_dir), k)
+  eval_source = recipes.ClassSubsetSource(eval_source, recipes.read_labels(cfg.dataset, spec.eval_split, data_dir), k)
+  spec = dataclasses.replace(spec, num_classes=k, num_train=len(train_source), num_test=len(eval_source))
+  return spec, train_source, eval_source
 
 
 def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
   """Trains ``cfg.model`` on ``cfg.dataset`` for ``cfg.num_steps`` steps; resumes from ``workdir``."""
   t_start = time.time()
   validate(cfg)
-  spec = data_lib.get_spec(cfg.dataset, cfg.data_dir)
+  spec, train_source, eval_source = prepare_data(cfg)
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
@@ -164,8 +311,6 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
   loss_fn = _loss_fn(cfg)
 
   augment = spec.default_augment if cfg.augment == "auto" else cfg.augment
-  train_source = data_lib.get_source(cfg.dataset, "train", cfg.data_dir)
-  eval_source = data_lib.get_source(cfg.dataset, spec.eval_split, cfg.data_dir)
   loader = data_lib.train_loader(train_source, global_batch_size=cfg.batch_size, seed=cfg.seed, augment=augment,
                                  mean=spec.mean, std=spec.std, worker_count=cfg.data_workers)
   data_iter = iter(loader)
@@ -184,8 +329,12 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
   if is_main:
     ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(cfg))
 
-  train_fn = steps.parallelize(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=loss_fn,
-                                                 schedule=schedule), mesh)
+  step_fn = functools.partial(steps.train_step, model=model, tx=tx, loss_fn=loss_fn, schedule=schedule,
+                              center_loss=center_loss_of(cfg))
+  train_fn = steps.parallelize(step_fn, mesh)
+  # SENet: BN statistics frozen for the last --freeze_bn_last_steps steps (a second program, compiled on first use).
+  frozen_fn = steps.parallelize(functools.partial(step_fn, freeze_bn=True), mesh) if cfg.freeze_bn_last_steps else None
+  freeze_from = cfg.num_steps - cfg.freeze_bn_last_steps
   eval_fn = steps.parallelize(functools.partial(steps.eval_step, model=model, loss_fn=loss_fn), mesh,
                               donate_state=False, state_out=False)
   eval_bs = cfg.eval_batch_size or cfg.batch_size
@@ -198,7 +347,7 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
   try:
     for step in range(start_step, cfg.num_steps):
       batch = steps.global_batch(next(data_iter), mesh)
-      state, m = train_fn(state, batch)
+      state, m = (frozen_fn if frozen_fn is not None and step >= freeze_from else train_fn)(state, batch)
       s, steps_run = step + 1, steps_run + 1
       bar.update(1)
       is_ckpt = s % cfg.checkpoint_every == 0 or s == cfg.num_steps
@@ -215,7 +364,8 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
       if s % cfg.eval_every == 0 or s == cfg.num_steps:
         eval_metrics = _evaluate(eval_fn, state, eval_source, spec, eval_bs, mesh)
         writer.write(s, eval_metrics, "eval/")
-        bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.4f} loss {eval_metrics['loss']:.4f}")
+        if is_main:
+          bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.4f} loss {eval_metrics['loss']:.4f}")
       if is_ckpt:
         checkpointer.save(s, state, data_iter)
   finally:
@@ -235,6 +385,7 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
       "steps_run": steps_run, "train_seconds": time.time() - t_loop,
       "num_devices": jax.device_count(), "num_processes": jax.process_count(),
       "platform": jax.devices()[0].platform,
+      "effective_learning_rate": effective_learning_rate(cfg), "num_classes": spec.num_classes,
   }
   if is_main:
     ckpt_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)

@@ -8,6 +8,7 @@ batch (Goyal et al. 2017: normalise by the total minibatch, not per worker).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Callable
 
@@ -32,6 +33,8 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   rng: jnp.ndarray  # uint32 [2] raw PRNG key; per-step keys are fold_in(rng, step)
+  # Recipe state that is neither a parameter nor a BN statistic, e.g. {'centers': [C, D]} for center loss.
+  extra: Any = flax.struct.field(default_factory=dict)
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, label_smoothing: float = 0.0) -> jnp.ndarray:
@@ -56,13 +59,20 @@ def create_state(model: nn.Module, tx: optax.GradientTransformation, rng: jnp.nd
 
 def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Module,
                tx: optax.GradientTransformation, loss_fn: LossFn, schedule: optax.Schedule | None = None,
-               axis_name: str | None = DATA_AXIS) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+               axis_name: str | None = DATA_AXIS, freeze_bn: bool = False,
+               center_loss: Any = None) -> tuple[TrainState, dict[str, jnp.ndarray]]:
   """One SGD step on this device's shard ``batch = {'image': [b,H,W,C], 'label': [b]}``.
 
   With ``axis_name`` set it must run under a mapped axis (``shard_map``); loss (hence gradients), BN
   statistics and metrics are averaged across it, so the result equals a single-device step on the global batch
   (exactly so for per-replica-free models; BatchNorm needs ``bn_axis_name`` for that).
+
+  ``freeze_bn`` (static): BatchNorm normalises with its running statistics and does not update them
+  (``recipes.frozen_batch_norm``; SENet's last epochs). ``center_loss`` (a ``recipes.CenterLoss``): adds
+  λ·mean ½||x_i − c_{y_i}||² on the classifier's input features and updates ``state.extra['centers']`` by
+  Wen et al.'s Eq. 4 over the global batch.
   """
+  from research.train import recipes  # local import: recipes is optional machinery for this step
   rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:
     rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
@@ -70,20 +80,42 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
 
   def loss_and_aux(params):
     variables = {"params": params, **({"batch_stats": state.batch_stats} if has_bn else {})}
-    logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
-                                  rngs={"dropout": rng, "droppath": jax.random.fold_in(rng, 1)})
+    bn_ctx = recipes.frozen_batch_norm() if freeze_bn else contextlib.nullcontext()
+    feat_ctx = (recipes.capture_features(center_loss.head_name) if center_loss is not None
+                else contextlib.nullcontext({}))
+    with bn_ctx, feat_ctx as captured:
+      logits, updates = model.apply(variables, batch["image"], train=True, mutable=["batch_stats"],
+                                    rngs={"dropout": rng, "droppath": jax.random.fold_in(rng, 1)})
     loss = jnp.mean(loss_fn(logits, batch["label"]))
+    features = None
+    if center_loss is not None:
+      if "features" not in captured:
+        raise ValueError(f"center loss: the model has no top-level classifier module named "
+                         f"{center_loss.head_name!r} whose input could serve as the deep features")
+      features = captured["features"].astype(jnp.float32)
+      centers = jax.lax.stop_gradient(state.extra["centers"])
+      loss = loss + center_loss.lam * jnp.mean(0.5 * jnp.sum(jnp.square(features - centers[batch["label"]]), -1))
     if axis_name is not None:
       # Global-batch mean. Params are replicated (invariant over the axis), so shard_map's autodiff
       # transposes their implicit broadcast into a psum: the gradient of this pmean'd loss already is the
       # all-reduced global-batch gradient, identical on every device.
       loss = jax.lax.pmean(loss, axis_name)
-    return loss, (logits, updates.get("batch_stats", state.batch_stats))
+    new_stats = state.batch_stats if freeze_bn else updates.get("batch_stats", state.batch_stats)
+    return loss, (logits, new_stats, features)
 
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
+  (loss, (logits, batch_stats, features)), grads = jax.value_and_grad(loss_and_aux, has_aux=True)(state.params)
+  extra = state.extra
+  if center_loss is not None:
+    counts, sums = recipes.center_statistics(jax.lax.stop_gradient(features), batch["label"],
+                                             state.extra["centers"].shape[0])
+    if axis_name is not None:
+      counts, sums = jax.lax.psum((counts, sums), axis_name)
+    extra = {**state.extra, "centers": recipes.update_centers_from_statistics(
+        state.extra["centers"], counts, sums, center_loss.alpha)}
   accuracy = jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))
   if axis_name is not None:
-    batch_stats = jax.lax.pmean(batch_stats, axis_name)  # per-replica BN: average the running statistics
+    if not freeze_bn:  # frozen statistics are unchanged, hence already identical on every device
+      batch_stats = jax.lax.pmean(batch_stats, axis_name)  # per-replica BN: average the running statistics
     accuracy = jax.lax.pmean(accuracy, axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -94,7 +126,8 @@ def train_step(state: TrainState, batch: dict[str, jnp.ndarray], *, model: nn.Mo
   }
   if schedule is not None:
     metrics["learning_rate"] = jnp.asarray(schedule(state.step), jnp.float32)
-  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+  new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state,
+                            extra=extra)
   return new_state, metrics
 
 
