@@ -29,6 +29,19 @@ from research.models.registry import register
 Dtype = Any
 
 
+def _merge_residual(block: nn.Module, residual, y, *, train: bool):
+  """Shared block tail (called inside the block's compact scope): optional squeeze-excitation on the
+  branch, strided 1x1 conv + BN projection of the shortcut when shapes differ, add, ReLU."""
+  kw = dict(dtype=block.dtype, param_dtype=block.param_dtype)
+  if block.se_reduction:
+    y = SqueezeExcite(block.se_reduction, name="se", **kw)(y)
+  if residual.shape != y.shape:
+    residual = conv(y.shape[-1], 1, block.strides, name="downsample_conv", **kw)(residual)
+    residual = batch_norm(axis_name=block.bn_axis_name, name="downsample_bn", **kw)(
+        residual, use_running_average=not train)
+  return nn.relu(y + residual)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convs (ResNet-18/34)."""
   features: int
@@ -52,12 +65,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(bn()(y, use_running_average=not train))
     y = conv(self.features, 3, dilation=self.dilation, **kw)(y)
     y = bn(zero_init=self.zero_init_last_bn)(y, use_running_average=not train)
-    if self.se_reduction:
-      y = SqueezeExcite(self.se_reduction, name="se", **kw)(y)
-    if residual.shape != y.shape:
-      residual = conv(self.features, 1, self.strides, name="downsample_conv", **kw)(residual)
-      residual = bn(name="downsample_bn")(residual, use_running_average=not train)
-    return nn.relu(y + residual)
+    return _merge_residual(self, residual, y, train=train)
 
 
 class Bottleneck(nn.Module):
@@ -85,12 +93,7 @@ class Bottleneck(nn.Module):
     y = nn.relu(bn()(conv(width, 3, self.strides, groups=self.groups, dilation=self.dilation, **kw)(y),
                      use_running_average=not train))
     y = bn(zero_init=self.zero_init_last_bn)(conv(out, 1, **kw)(y), use_running_average=not train)
-    if self.se_reduction:
-      y = SqueezeExcite(self.se_reduction, name="se", **kw)(y)
-    if residual.shape != y.shape:
-      residual = conv(out, 1, self.strides, name="downsample_conv", **kw)(residual)
-      residual = bn(name="downsample_bn")(residual, use_running_average=not train)
-    return nn.relu(y + residual)
+    return _merge_residual(self, residual, y, train=train)
 
 
 class ResNet(nn.Module):
