@@ -1,6 +1,9 @@
-"""FractalNet (Larsson, Maire & Shakhnarovich, ICLR 2017, §4): CIFAR, B = 5 blocks of C = 4 columns.
+"""FractalNet (Larsson, Maire & Shakhnarovich, ICLR 2017, §4): CIFAR, B = 5 blocks of C columns.
 
-Channels 64, 128, 256, 512, 512; Conv-BN-ReLU; 2x2 max pool after each block; joins are element-wise means.
+``fractalnet`` has C = 4 (40 layers, the seed's network); ``fractalnet20`` has C = 3, the 20-layer network of the
+paper's Table 1. Channels 64, 128, 256, 512, 512; Conv-BN-ReLU; 2x2 max pool after each block; joins are element-wise
+means; the block's convolution layout is the one the authors' generator (gustavla/fractalnet) wires: column c has
+2**c convolutions, the first of each column reads the block input.
 Training uses drop-path when ``drop_path=True``: per call, with probability ``global_prob`` (0.5) a single column is
 kept for the whole network (global), otherwise each join drops inputs with probability 0.15 keeping at least one
 (local). Requires the ``'droppath'`` rng in train mode. Per-block dropout defaults to the paper's (0, .1, .2, .3, .4).
@@ -63,4 +66,5 @@ class FractalNet(nn.Module):
                 param_dtype=self.param_dtype)(pooled).astype(jnp.float32)
 
 
-register("fractalnet")(lambda **kw: FractalNet(**kw))
+register("fractalnet")(lambda **kw: FractalNet(**{"columns": 4, **kw}))
+register("fractalnet20")(lambda **kw: FractalNet(**{"columns": 3, **kw}))
