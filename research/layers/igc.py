@@ -7,7 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.common import batch_norm, conv
+from research.layers.common import conv
 
 
 def interleave(x: jnp.ndarray, rows: int) -> jnp.ndarray:
@@ -17,9 +17,12 @@ def interleave(x: jnp.ndarray, rows: int) -> jnp.ndarray:
 
 
 class IGCBlock(nn.Module):
-  """Primary group conv (L partitions of M channels, spatial ``kernel``), permutation, secondary group conv
-  (M partitions of L channels, 1x1), permutation back: x -> P^T W^d P W^p x, output width L*M. The input width
-  must divide by L. BN sits between the two group convolutions.
+  """x -> P^T W^d P W^p x (§3.1, Eq. 4): primary group conv W^p (L partitions of M channels, spatial ``kernel``),
+  permutation P (the m-th secondary partition takes the m-th channel of every primary partition), secondary group
+  conv W^d (M partitions of L channels, 1x1), permutation back. Linear (no normalisation or nonlinearity inside, as
+  the paper and the authors' code); output width L*M. The input width must divide by L.
+
+  (B, H, W, C_in) -> (B, H/strides, W/strides, L*M).
   """
   L: int
   M: int
@@ -27,14 +30,13 @@ class IGCBlock(nn.Module):
   strides: int = 1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
-  bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x):
+    if x.shape[-1] % self.L:
+      raise ValueError(f"IGCBlock: input channels {x.shape[-1]} must divide by L={self.L}")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = self.L * self.M
     y = conv(width, self.kernel, self.strides, groups=self.L, name="primary", **kw)(x)
-    y = batch_norm(axis_name=self.bn_axis_name, name="primary_bn", **kw)(y, use_running_average=not train)
-    y = interleave(y, self.L)
-    y = conv(width, 1, groups=self.M, name="secondary", **kw)(y)
+    y = conv(width, 1, groups=self.M, name="secondary", **kw)(interleave(y, self.L))
     return interleave(y, self.M)

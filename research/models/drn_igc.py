@@ -89,7 +89,8 @@ register("drn_c_42")(lambda **kw: DRNC(layers=(1, 1, 3, 4, 6, 3, 1, 1), **kw))
 
 
 class IGCResidualBlock(nn.Module):
-  """Residual block whose two 3x3 convs are IGC blocks: IGC-BN-ReLU-IGC-BN (+ projection shortcut), ReLU."""
+  """ResNet basic block with both 3x3 convs replaced by IGC blocks: IGC-BN-ReLU-IGC-BN, plus the identity or, when
+  the shape changes, a 1x1 projection grouped into L partitions + BN (the authors' ``resnet_igc``); then ReLU."""
   L: int
   M: int
   strides: int = 1
@@ -101,20 +102,22 @@ class IGCResidualBlock(nn.Module):
   def __call__(self, x, *, train: bool):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     bn = lambda name: batch_norm(axis_name=self.bn_axis_name, name=name, **kw)
-    y = IGCBlock(self.L, self.M, strides=self.strides, bn_axis_name=self.bn_axis_name, name="igc1", **kw)(x, train=train)
+    width = self.L * self.M
+    y = IGCBlock(self.L, self.M, strides=self.strides, name="igc1", **kw)(x)
     y = nn.relu(bn("bn1")(y, use_running_average=not train))
-    y = IGCBlock(self.L, self.M, bn_axis_name=self.bn_axis_name, name="igc2", **kw)(y, train=train)
-    y = bn("bn2")(y, use_running_average=not train)
+    y = bn("bn2")(IGCBlock(self.L, self.M, name="igc2", **kw)(y), use_running_average=not train)
     short = x
-    if self.strides != 1 or x.shape[-1] != self.L * self.M:
-      short = bn("shortcut_bn")(conv(self.L * self.M, 1, self.strides, name="shortcut_conv", **kw)(x),
+    if self.strides != 1 or x.shape[-1] != width:
+      short = bn("shortcut_bn")(conv(width, 1, self.strides, groups=self.L, name="shortcut_conv", **kw)(x),
                                 use_running_average=not train)
     return nn.relu(y + short)
 
 
 class IGCNet(nn.Module):
-  """IGC-L?M? CIFAR network: ResNet (6n+2 layers, 3 stages) with every 3x3 conv an IGC block (L primary
-  partitions of M channels). Stage widths L*M, 2L*M, 4L*M (L doubles per stage, M fixed)."""
+  """IGC-L{L}M{M} CIFAR network (§4.1; the authors' ``resnet_igc``): 3x3 stem conv to L*M channels, three stages of
+  (depth-2)/6 IGC residual blocks, stride 2 at stages 2 and 3, global average pool, FC. L stays fixed and M doubles
+  per stage (widths L*M, 2L*M, 4L*M). At depth 20, L=16 M=32 and L=32 M=26 have 17.7M and 24.1M parameters, the
+  paper's CIFAR-10 figures."""
   L: int = 24
   M: int = 2
   depth: int = 20
@@ -127,8 +130,8 @@ class IGCNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    if (self.depth - 2) % 6:
-      raise ValueError(f"IGC net depth must be 6n+2, got {self.depth}")
+    if self.depth < 8 or (self.depth - 2) % 6:
+      raise ValueError(f"IGC net depth must be 6n+2 with n >= 1, got {self.depth}")
     n = (self.depth - 2) // 6
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, bn_axis_name=self.bn_axis_name)
     feats = {}
@@ -138,7 +141,7 @@ class IGCNet(nn.Module):
     for i in range(3):
       for j in range(n):
         s = 2 if (i > 0 and j == 0) else 1
-        x = IGCResidualBlock(self.L * 2 ** i, self.M, s, name=f"stage{i + 1}_block{j}", **kw)(x, train=train)
+        x = IGCResidualBlock(self.L, self.M * 2 ** i, s, name=f"stage{i + 1}_block{j}", **kw)(x, train=train)
       stride *= 2 if i > 0 else 1
       feats[f"stage{i + 1}"] = feats[stride_key(stride)] = x
     pooled = global_avg_pool(x)
@@ -155,3 +158,5 @@ def _igc_from_name(match, **kw) -> IGCNet:
 
 
 register("igc_l24m2")(lambda **kw: IGCNet(L=24, M=2, **kw))
+register("igc_l16m32")(lambda **kw: IGCNet(L=16, M=32, **kw))
+register("igc_l32m26")(lambda **kw: IGCNet(L=32, M=26, **kw))

@@ -59,6 +59,8 @@ PUBLISHED: dict[str, tuple[int | float | None, float | None, str]] = {
     "drn_c_42": (31.2e6, None, "fyu/drn README"),
     "fractalnet": (22.9e6, None, "Larsson et al. 2017 Table 1, 40 layers: a narrower variant, see note"),
     "fractalnet20": (38.6e6, None, "Larsson et al. 2017 Table 1, 20 layers; 33.7M in pt.fractalnet, see note"),
+    "igc_l16m32": (17.7e6, None, "Zhang et al. 2017 CIFAR comparison table (depth 20)"),
+    "igc_l32m26": (24.1e6, None, "Zhang et al. 2017 CIFAR comparison table (depth 20)"),
     "wrn28_10": (36.5e6, None, "Zagoruyko & Komodakis 2016 Table 4"),
     "wrn40_4": (8.9e6, None, "Zagoruyko & Komodakis 2016 Table 4"),
     "wrn16_8": (11.0e6, None, "Zagoruyko & Komodakis 2016 Table 4"),
@@ -85,5 +87,9 @@ NOTES: list[str] = [  # docs/models.md "Notes": where our figures and the publis
     "on the 1x1 conv); ours has the stride on the 3x3 (torchvision v1.5, 4.09).",
     "`mobilenet_v1` uses ReLU as in the paper (Keras uses ReLU6); parameter counts are unaffected.",
     "`zfnet` and `sppnet` have no published totals; `sppnet` accepts any input size (3-level {1,2,4} SPP).",
+    "`igc_l{L}m{M}` follow the authors' CIFAR `resnet_igc` (hellozting/InterleavedGroupConvolutions): L fixed, M "
+    "doubling per stage, no BN between the two group convs, grouped 1x1 projection shortcuts. The authors' code gives "
+    "the first IGC of a down-sampling block M/2 secondary partitions; we use M, the paper's definition, which is what "
+    "reproduces its 17.7M (L16M32) and 24.1M (L32M26).",
     "`drn_c_26`/`drn_c_42` match the fyu/drn README's 21.1M / 31.2M; `drn_a_50` has exactly ResNet-50's count.",
 ]

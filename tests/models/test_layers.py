@@ -124,3 +124,32 @@ def test_features_only_c2_to_c5(name):
   for k in (2, 3, 4, 5):
     assert abs(f[f"C{k}"].shape[1] - r / 2 ** k) < 2, (k, f[f"C{k}"].shape)  # output stride 2**k
   assert f["pooled"].ndim == 2 and "stem" in f
+
+
+@pytest.mark.parametrize("L,M,cin,strides", [(2, 3, 6, 1), (4, 2, 4, 2), (3, 1, 6, 1)])
+def test_igc_block_is_the_regular_conv_with_composed_kernel(L, M, cin, strides):
+  """§3.2: an IGC block equals one regular convolution whose kernel is P^T W^d P W^p (block-diagonal W^p, W^d).
+  The dense kernel is assembled in float64 numpy from the block's own weights; M = 1 is the Xception case."""
+  from research.layers.igc import IGCBlock
+  block = IGCBlock(L, M, strides=strides)
+  x = jax.random.normal(jax.random.key(0), (2, 7, 7, cin))
+  v = block.init(jax.random.key(1), x)
+  width = L * M
+  wp = np.asarray(v["params"]["primary"]["kernel"], np.float64)  # (3, 3, cin/L, width), groups of M outputs
+  wd = np.asarray(v["params"]["secondary"]["kernel"], np.float64)[0, 0]  # (L, width), groups of L outputs
+  dense_p = np.zeros((3, 3, cin, width))
+  for l in range(L):
+    dense_p[:, :, l * cin // L:(l + 1) * cin // L, l * M:(l + 1) * M] = wp[:, :, :, l * M:(l + 1) * M]
+  perm = np.zeros((width, width))  # P: primary channel l*M + m -> secondary position m*L + l
+  for l in range(L):
+    for m in range(M):
+      perm[l * M + m, m * L + l] = 1
+  dense_d = np.zeros((width, width))
+  for m in range(M):
+    dense_d[m * L:(m + 1) * L, m * L:(m + 1) * L] = wd[:, m * L:(m + 1) * L]
+  kernel = dense_p @ perm @ dense_d @ perm.T  # (3, 3, cin, width): x -> P^T W^d P W^p x per tap
+  ref = lax.conv_general_dilated(np.asarray(x, np.float64), kernel, (strides, strides), [(1, 1), (1, 1)],
+                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  np.testing.assert_allclose(block.apply(v, x), ref, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="divide by L"):
+    IGCBlock(4, 2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))

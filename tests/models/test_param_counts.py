@@ -38,6 +38,7 @@ ROUNDED = {
     "drn_c_26": (21.1e6, 0.003), "drn_c_42": (31.2e6, 0.003),  # fyu/drn README
     "wrn28_10": (36.5e6, 0.002), "wrn40_4": (8.9e6, 0.006), "wrn16_8": (11.0e6, 0.005),  # WRN Table 4
     "preact_resnet164": (1.7e6, 0.01), "preact_resnet1001": (10.2e6, 0.015),  # He et al. 2016b Table 3
+    "igc_l16m32": (17.7e6, 0.003), "igc_l32m26": (24.1e6, 0.003),  # Zhang et al. 2017, CIFAR, depth 20
     "googlenet": (6.8e6, 0.04),  # Szegedy et al. 2015 Table 1 params column (sum ~6.8M)
 }
 
