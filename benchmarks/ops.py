@@ -210,7 +210,7 @@ def main():
   machine = (f"{platform.machine()} {os.cpu_count()} cores ({_cpu_name()}), jax {jax.__version__}"
              + (f", torch {tv.info['torch']} / torchvision {tv.info['torchvision']} ({tv.info['threads']} threads)"
                 if tv else ""))
-  header = f"| op | pass | FFI ms | reference ms | torchvision ms | reference/FFI | torchvision/FFI |"
+  header = "| op | pass | FFI ms | reference ms | torchvision ms | reference/FFI | torchvision/FFI |"
   lines = [f"machine: {machine}; load average {load0[0]:.1f} -> {load1[0]:.1f}", "", header,
            "|---|---|---:|---:|---:|---:|---:|"]
   rows = []

@@ -15,7 +15,6 @@ import functools
 import json
 import os
 import subprocess
-import sys
 import time
 
 from absl import app, flags

@@ -13,10 +13,8 @@ and --freeze_bn_last_steps=N (SENet), --loss=softmax_center (Wen et al.), --temp
 
 from __future__ import annotations
 
-import json
-import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import common
 
@@ -69,12 +67,7 @@ flags.DEFINE_float("onecycle_pct_start", 0.3, "--schedule=onecycle: fraction of 
 
 def config_from_flags():
   from research.train.classify import ClassifyConfig
-  try:
-    model_kwargs = json.loads(FLAGS.model_kwargs)
-  except json.JSONDecodeError as e:
-    raise ValueError(f"--model_kwargs is not valid JSON ({e}): {FLAGS.model_kwargs!r}") from None
-  if not isinstance(model_kwargs, dict):
-    raise ValueError(f"--model_kwargs must be a JSON object, got {FLAGS.model_kwargs!r}")
+  model_kwargs = common.json_dict_flag("model_kwargs")
   return ClassifyConfig(
       model=FLAGS.model, model_kwargs=model_kwargs, dataset=FLAGS.dataset, data_dir=FLAGS.data_dir,
       num_steps=FLAGS.num_steps, batch_size=FLAGS.batch_size, eval_batch_size=FLAGS.eval_batch_size,

@@ -93,3 +93,23 @@ def print_summary(results: dict, workdir: str) -> None:
                       "params_sha256", "wall_seconds") if k in results]
   print(json.dumps({k: results[k] for k in keys}, indent=2))
   print(f"results: {workdir}/results.json")
+
+
+def json_dict_flag(name: str) -> dict:
+  """The JSON object in string flag ``--name`` (e.g. ``--model_kwargs``); a clear ValueError otherwise."""
+  text = getattr(FLAGS, name)
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"--{name} is not valid JSON ({e}): {text!r}") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"--{name} must be a JSON object, got {text!r}")
+  return value
+
+
+def int_list_flag(name: str) -> tuple[int, ...]:
+  """The integers of list flag ``--name`` (e.g. ``--batch_sizes=32,128``); a clear ValueError otherwise."""
+  try:
+    return tuple(int(v) for v in getattr(FLAGS, name))
+  except ValueError:
+    raise ValueError(f"--{name} must be integers, got {getattr(FLAGS, name)}") from None

@@ -11,18 +11,21 @@ r"""Wide ResNet block types at equal parameter budget (Zagoruyko & Komodakis, BM
    classes of the offline ``shapes`` dataset for ``--num_steps`` iterations; eval accuracy, training time
    and throughput per block type (the paper's "time, s" column is per epoch on a GPU; ours is the whole
    reduced run on CPU).
-Writes ``summary.json`` and ``summary.md``.
+Writes ``summary.json`` and ``summary.md``; the experiment, the table and its params column are
+``research.methods.wrn_blocks``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
+from typing import TYPE_CHECKING
 
 from absl import app, flags
 
 from experiments import common
+
+if TYPE_CHECKING:
+  from research.methods import wrn_blocks
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
@@ -41,98 +44,23 @@ flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (the paper's 5e-4).")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_bool("params_only", False, "Only reproduce the params column.")
 
-# Zagoruyko & Komodakis 2016, Table 1 (WRN-d-2, CIFAR-10): block type, depth, # params (M), time (s), error (%).
-TABLE = [((1, 3, 1), 40, 1.4, 85.8, 6.06), ((3, 1), 40, 1.2, 67.5, 5.78), ((1, 3), 40, 1.3, 72.2, 6.42),
-         ((3, 1, 1), 40, 1.3, 82.2, 5.86), ((3, 3), 28, 1.5, 67.5, 5.73), ((3, 1, 3), 22, 1.1, 59.9, 5.78)]
 
-
-def block_name(block_type) -> str:
-  return "B(" + ",".join(str(k) for k in block_type) + ")"
-
-
-def count_params(block_type, depth: int, k: int, num_classes: int) -> int:
-  """Parameters of WRN-depth-k with blocks B(block_type), from an abstract init (no FLOPs)."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from research.models.cifar_resnet import wide_resnet
-  model = wide_resnet(depth, k, block_type=block_type, num_classes=num_classes)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])))
-
-
-def params_column() -> list[dict]:
-  rows = []
-  for bt, depth, published, t, err in TABLE:
-    n = count_params(bt, depth, 2, 10)
-    rows.append({"block_type": block_name(bt), "depth": depth, "params": n, "params_M": round(n / 1e6, 1),
-                 "published_M": published, "match": round(n / 1e6, 1) == published,
-                 "paper_time_s": t, "paper_cifar10_error": err})
-  return rows
-
-
-def run(workdir: str) -> dict:
-  from research.train import classify
-  from research.train.classify import ClassifyConfig
-  t0 = time.time()
-  os.makedirs(workdir, exist_ok=True)
-  table = params_column()
-  summary = {"params_column": table, "all_match": all(r["match"] for r in table), "trained": []}
-  if not FLAGS.params_only:
-    wanted = {tuple(int(k) for k in b.split("-")) for b in FLAGS.block_types}
-    unknown = wanted - {bt for bt, *_ in TABLE}
-    if unknown:
-      raise ValueError(f"--block_types: {sorted(unknown)} are not in the table {[bt for bt, *_ in TABLE]}")
-    for bt, depth, _, _, err in TABLE:
-      if bt not in wanted:
-        continue
-      d = depth - 6 * FLAGS.depth_offset
-      if d <= 4:
-        raise ValueError(f"--depth_offset={FLAGS.depth_offset} leaves depth {d} for {block_name(bt)}")
-      name = f"wrn{d}_{FLAGS.train_k}_b{''.join(map(str, bt))}"
-      cfg = ClassifyConfig(model=f"wrn{d}_{FLAGS.train_k}", model_kwargs={"block_type": list(bt)}, dataset="shapes",
-                           data_dir=FLAGS.data_dir, num_classes_subset=FLAGS.num_classes_subset,
-                           num_steps=FLAGS.num_steps, batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate,
-                           schedule="cosine", warmup_steps=FLAGS.warmup_steps, weight_decay=FLAGS.weight_decay,
-                           optimizer="nesterov", eval_every=FLAGS.num_steps, checkpoint_every=FLAGS.num_steps,
-                           seed=FLAGS.seed, progress_bar=False, log_every=10)
-      wd = os.path.join(workdir, name)
-      res = classify.finished_results(wd, cfg.num_steps) or classify.train_and_evaluate(cfg, wd)
-      summary["trained"].append({
-          "block_type": block_name(bt), "depth": d, "k": FLAGS.train_k, "params": res["num_params"],
-          "eval_accuracy": res["eval_accuracy"], "eval_error": 1 - res["eval_accuracy"],
-          "train_seconds": res["train_seconds"], "images_per_second": res["steps_run"] * FLAGS.batch_size /
-          max(res["train_seconds"], 1e-9) if res["steps_run"] else None,
-          "paper_cifar10_error": err / 100})
-  summary.update(wall_seconds=time.time() - t0, num_classes=FLAGS.num_classes_subset or 100,
-                 num_steps=FLAGS.num_steps, batch_size=FLAGS.batch_size)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
-  lines = ["| block type | depth | params (ours, k=2, 10 classes) | params (paper) | match |", "|---|---|---|---|---|"]
-  for r in table:
-    lines.append(f"| {r['block_type']} | {r['depth']} | {r['params']:,} ({r['params_M']}M) | {r['published_M']}M | "
-                 f"{'yes' if r['match'] else 'NO'} |")
-  if summary["trained"]:
-    lines += ["", f"| block type | depth | k | params | eval acc | train s | img/s | paper CIFAR-10 err |",
-              "|---|---|---|---|---|---|---|---|"]
-    for r in summary["trained"]:
-      ips = f"{r['images_per_second']:.0f}" if r["images_per_second"] else "-"
-      lines.append(f"| {r['block_type']} | {r['depth']} | {r['k']} | {r['params']:,} | {r['eval_accuracy']:.4f} | "
-                   f"{r['train_seconds']:.0f} | {ips} | {r['paper_cifar10_error']:.2%} |")
-  with open(os.path.join(workdir, "summary.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
-  if not summary["all_match"]:
-    bad = [f"{r['block_type']}@{r['depth']}: {r['params_M']}M vs {r['published_M']}M" for r in table if not r["match"]]
-    raise ValueError(f"params column not reproduced: {bad}")
-  return summary
+def config_from_flags() -> wrn_blocks.WRNBlocksConfig:
+  from research.methods import wrn_blocks
+  return wrn_blocks.WRNBlocksConfig(
+      data_dir=FLAGS.data_dir, block_types=tuple(FLAGS.block_types), train_k=FLAGS.train_k,
+      depth_offset=FLAGS.depth_offset, num_classes_subset=FLAGS.num_classes_subset, num_steps=FLAGS.num_steps,
+      batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
+      weight_decay=FLAGS.weight_decay, seed=FLAGS.seed, params_only=FLAGS.params_only)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
+  from research.methods import wrn_blocks
   with common.clean_errors():
-    summary = run(FLAGS.workdir)
+    summary = wrn_blocks.run(config_from_flags(), FLAGS.workdir)
   print(open(os.path.join(FLAGS.workdir, "summary.md")).read())
   print(f"results: {FLAGS.workdir}/summary.json  wall {summary['wall_seconds']:.0f} s")
 

@@ -5,12 +5,12 @@ Backbone API as ``research.models.resnet`` (``features_only`` -> ``stem``, ``sta
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.common import (ConvBN, batch_norm, channel_shuffle, conv, global_avg_pool, head,
+from research.layers.common import (ConvBN, batch_norm, channel_shuffle, global_avg_pool, head,
                                     max_pool_ceil, stride_key)
 from research.models.registry import register
 

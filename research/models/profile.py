@@ -35,12 +35,10 @@ def profile(model: nn.Module, resolution: int, batch: int = 1) -> tuple[list[Lay
     out = next_fun(*args, **kwargs)
     mod = context.module
     if context.method_name == "__call__" and isinstance(mod, (nn.Conv, nn.Dense)) and not mod.is_initializing():
-      x = args[0]
       n_params = sum(math.prod(v.shape) for v in jax.tree.leaves(mod.variables.get("params", {})))
       per_out = n_params - (mod.features if mod.use_bias else 0)  # weights per output feature * features
       macs = (math.prod(out.shape[:-1]) * per_out) // batch
       rows.append(LayerRow("/".join(mod.path), type(mod).__name__, tuple(out.shape[1:]), n_params, macs))
-      del x
     return out
 
   x = jax.ShapeDtypeStruct((batch, resolution, resolution, 3), jnp.float32)

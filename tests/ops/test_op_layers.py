@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import ops_npref as npref
-from research import ops
 from research.layers.deform import DeformConv
 from research.layers.roi import MultiLevelRoIAlign, fpn_levels
 

@@ -1,0 +1,53 @@
+"""Outputs shared by the training experiments (super_convergence, large_minibatch, wrn_blocks).
+
+``summary.json`` (indent 1, keys in insertion order), ``summary.md`` (markdown tables separated by blank lines) and
+PNG line plots (matplotlib Agg backend, no display needed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Mapping, Sequence
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+  """A GitHub markdown table: the header, a ``|---|`` separator and one line per row (cells via ``str``)."""
+  line = lambda cells: "| " + " | ".join(str(c) for c in cells) + " |"  # noqa: E731
+  return "\n".join([line(header), "|" + "---|" * len(header)] + [line(r) for r in rows])
+
+
+def write_markdown(path: str, *blocks: str) -> None:
+  """Writes ``blocks`` (paragraphs or tables) separated by one blank line, with a final newline."""
+  with open(path, "w") as f:
+    f.write("\n\n".join(blocks) + "\n")
+
+
+def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
+  """Writes ``workdir/summary.json`` via a temporary file + rename, so readers never see a partial file."""
+  path = os.path.join(workdir, "summary.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(summary, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def line_plot(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
+              ylabel: str, figsize: tuple[float, float] = (6, 4), markersize: float = 6, log2_x: bool = False,
+              hline: tuple[float, str] | None = None, legend_fontsize: float | str = "medium") -> None:
+  """One marked line per ``{label: (x, y)}`` entry, optionally a dashed horizontal ``(y, label)`` line; PNG."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=figsize)
+  for label, (x, y) in series.items():
+    ax.plot(x, y, marker="o", ms=markersize, label=label)
+  if hline is not None:
+    ax.axhline(hline[0], color="k", ls="--", lw=1, label=hline[1])
+  if log2_x:
+    ax.set_xscale("log", base=2)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.legend(fontsize=legend_fontsize)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
