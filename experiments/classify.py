@@ -63,6 +63,7 @@ flags.DEFINE_float("center_loss_alpha", 0.5, "Centre learning rate α of --loss=
 flags.DEFINE_integer("num_classes_subset", 0, "Use only the classes with label < N (0 = all).")
 flags.DEFINE_list("step_boundaries", ["0.5", "0.75"], "--schedule=step: fractions of --num_steps where LR *= 0.1.")
 flags.DEFINE_float("onecycle_pct_start", 0.3, "--schedule=onecycle: fraction of steps with increasing LR.")
+flags.DEFINE_integer("num_devices", 0, "Data-parallel over the first N devices of this (single) process; 0 = all.")
 
 
 def config_from_flags():
@@ -90,7 +91,8 @@ def recipe_kwargs_from_flags() -> dict:
               zero_init_residual=FLAGS.zero_init_residual, freeze_bn_last_steps=FLAGS.freeze_bn_last_steps,
               temperature=FLAGS.temperature, center_loss_weight=FLAGS.center_loss_weight,
               center_loss_alpha=FLAGS.center_loss_alpha, num_classes_subset=FLAGS.num_classes_subset,
-              step_boundaries=boundaries, onecycle_pct_start=FLAGS.onecycle_pct_start)
+              step_boundaries=boundaries, onecycle_pct_start=FLAGS.onecycle_pct_start,
+              num_devices=FLAGS.num_devices)
 
 
 def main(argv):

@@ -1,8 +1,9 @@
 """Large-minibatch SGD (Goyal et al. 2017; seed 003 §17.8): ``run(LargeMinibatchConfig, workdir) -> summary``.
 
 For every global batch size B in ``batch_sizes`` and the same number of epochs (so larger B = fewer iterations),
-one run per condition of a post-activation ResNet over every device (per-device BN, the loss normalised by the
-global batch):
+one run per condition of a post-activation ResNet data-parallel over k = B / ``per_device_batch`` devices, as the
+paper's k workers of n examples each (§2.3): BN statistics per worker over n examples whatever B is, the loss
+normalised by the global batch kn:
   * ``no_recipe``: the small-batch LR ``learning_rate`` unchanged, no warmup, BN γ = 1 everywhere;
   * ``linear_warmup``: Linear Scaling Rule (LR = ``learning_rate`` · B / ``base_batch_size``, §2.1) and gradual
     warmup over ``warmup_epochs`` from the small-batch LR (``warmup_init = base/B``, §2.2), BN γ = 1;
@@ -35,7 +36,8 @@ class LargeMinibatchConfig:
   model: str = "resnet18"  # post-activation ResNet (has zero_init_last_bn)
   model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"width": 16})
   num_classes_subset: int = 10  # classes of `shapes` used (label < N; 0 = all 100)
-  batch_sizes: tuple[int, ...] = (32, 128, 512)  # global batch sizes (each divisible by the device count)
+  batch_sizes: tuple[int, ...] = (32, 128, 512)  # global batch sizes kn (each a multiple of per_device_batch)
+  per_device_batch: int = 32  # n, examples per worker (= BN batch); k = B / n devices; 0 = every device, any B
   base_batch_size: int = 32  # batch size at which learning_rate is tuned (k = B / this)
   learning_rate: float = 0.05  # LR at base_batch_size
   epochs: float = 10.0  # training epochs for every batch size
@@ -52,6 +54,11 @@ class LargeMinibatchConfig:
         raise ValueError(f"--conditions: unknown {c!r}; choose from {CONDITIONS}")
     if not self.batch_sizes or min(self.batch_sizes) <= 0:
       raise ValueError(f"--batch_sizes must be one or more positive global batch sizes, got {self.batch_sizes}")
+    if self.per_device_batch < 0:
+      raise ValueError(f"--per_device_batch must be >= 0 (0 = every device), got {self.per_device_batch}")
+    if self.per_device_batch and any(b % self.per_device_batch for b in self.batch_sizes):
+      raise ValueError(f"--batch_sizes {list(self.batch_sizes)} must be multiples of --per_device_batch="
+                       f"{self.per_device_batch} (k = B / n workers)")
     for name in ("base_batch_size", "learning_rate", "epochs"):
       if getattr(self, name) <= 0:
         raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
@@ -74,7 +81,8 @@ def run_config(cfg: LargeMinibatchConfig, base: classify.ClassifyConfig, conditi
                                   zero_init_residual=condition == "recipe")
   else:
     run_cfg = dataclasses.replace(base, batch_size=batch_size, num_steps=num_steps)
-  return dataclasses.replace(run_cfg, eval_every=num_steps, checkpoint_every=num_steps)
+  return dataclasses.replace(run_cfg, eval_every=num_steps, checkpoint_every=num_steps,
+                             num_devices=batch_size // cfg.per_device_batch if cfg.per_device_batch else 0)
 
 
 def run(cfg: LargeMinibatchConfig, workdir: str) -> dict[str, Any]:
@@ -90,6 +98,10 @@ def run(cfg: LargeMinibatchConfig, workdir: str) -> dict[str, Any]:
                                  learning_rate=cfg.learning_rate, base_batch_size=cfg.base_batch_size,
                                  weight_decay=cfg.weight_decay, optimizer="nesterov", schedule="step",
                                  seed=cfg.seed, progress_bar=False, log_every=10)
+  need = max(cfg.batch_sizes) // cfg.per_device_batch if cfg.per_device_batch else 1
+  if need > jax.device_count():
+    raise ValueError(f"--batch_sizes={max(cfg.batch_sizes)} with --per_device_batch={cfg.per_device_batch} needs "
+                     f"{need} devices, {jax.device_count()} exist; raise --num_devices to {need}")
   spec, train_source, _ = classify.prepare_data(base)
   rows = []
   for b in cfg.batch_sizes:
@@ -97,18 +109,20 @@ def run(cfg: LargeMinibatchConfig, workdir: str) -> dict[str, Any]:
       run_cfg = run_config(cfg, base, cond, b, len(train_source))
       wd = os.path.join(workdir, f"{cond}_b{b}")
       res = classify.finished_results(wd, run_cfg.num_steps) or classify.train_and_evaluate(run_cfg, wd)
-      rows.append({"condition": cond, "batch_size": b, "num_steps": run_cfg.num_steps,
+      rows.append({"condition": cond, "batch_size": b, "devices": run_cfg.num_devices or jax.device_count(),
+                   "num_steps": run_cfg.num_steps,
                    "peak_lr": classify.effective_learning_rate(run_cfg), "warmup_steps": run_cfg.warmup_steps,
                    "zero_init_residual": run_cfg.zero_init_residual, "eval_accuracy": res["eval_accuracy"],
                    "final_train_loss": res["final_train_loss"], "train_seconds": res["train_seconds"]})
   summary = {"runs": rows, "num_devices": jax.device_count(), "epochs": cfg.epochs,
              "num_train": len(train_source), "num_classes": spec.num_classes, "model": cfg.model,
              "model_kwargs": json.dumps(dict(cfg.model_kwargs)), "base_batch_size": cfg.base_batch_size,
-             "base_learning_rate": cfg.learning_rate, "wall_seconds": time.time() - t0}
+             "per_device_batch": cfg.per_device_batch, "base_learning_rate": cfg.learning_rate, "wall_seconds": time.time() - t0}
   reporting.write_summary(workdir, summary)
   table = reporting.markdown_table(
-      ["global batch", "condition", "iterations", "peak LR", "warmup it", "zero-init γ", "eval acc", "train s"],
-      [[r["batch_size"], r["condition"], r["num_steps"], f"{r['peak_lr']:.3g}", r["warmup_steps"],
+      ["global batch", "devices", "condition", "iterations", "peak LR", "warmup it", "zero-init γ", "eval acc",
+       "train s"],
+      [[r["batch_size"], r["devices"], r["condition"], r["num_steps"], f"{r['peak_lr']:.3g}", r["warmup_steps"],
         r["zero_init_residual"], f"{r['eval_accuracy']:.4f}", f"{r['train_seconds']:.0f}"] for r in rows])
   reporting.write_markdown(os.path.join(workdir, "summary.md"), table)
   series = {c: tuple(zip(*[(r["batch_size"], r["eval_accuracy"]) for r in rows if r["condition"] == c]))

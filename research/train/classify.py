@@ -74,6 +74,7 @@ class ClassifyConfig:
   num_classes_subset: int = 0  # >0: train and evaluate on the classes with label < N only
   step_boundaries: tuple[float, ...] = (0.5, 0.75)  # --schedule=step: fractions of num_steps where LR *= 0.1
   onecycle_pct_start: float = 0.3  # --schedule=onecycle: fraction of steps spent increasing the LR
+  num_devices: int = 0  # >0: data parallelism over the first N devices only (single process); 0 = every device
 
 
 def params_sha256(params) -> str:
@@ -82,6 +83,20 @@ def params_sha256(params) -> str:
   for leaf in jax.tree.leaves(params):
     h.update(np.ascontiguousarray(steps.host_value(leaf)).tobytes())
   return h.hexdigest()
+
+
+def mesh_devices(cfg: ClassifyConfig) -> list:
+  """The devices the run is data-parallel over: every device, or the first ``cfg.num_devices`` (one process)."""
+  if cfg.num_devices == 0:
+    return jax.devices()
+  if cfg.num_devices < 0:
+    raise ValueError(f"--num_devices must be >= 0 (0 = every device), got {cfg.num_devices}")
+  if jax.process_count() > 1:
+    raise ValueError("--num_devices selects devices of a single process; leave it 0 in multi-process runs")
+  if cfg.num_devices > jax.device_count():
+    raise ValueError(f"--num_devices={cfg.num_devices} but only {jax.device_count()} devices exist (on CPU, raise "
+                     f"the simulated count with XLA_FLAGS=--xla_force_host_platform_device_count=N)")
+  return jax.devices()[:cfg.num_devices]
 
 
 def validate(cfg: ClassifyConfig) -> None:
@@ -106,10 +121,10 @@ def validate(cfg: ClassifyConfig) -> None:
     raise ValueError(f"--schedule={cfg.schedule!r}; choose one of {optim.SCHEDULES}")
   if not 0 <= cfg.warmup_steps < cfg.num_steps:
     raise ValueError(f"--warmup_steps={cfg.warmup_steps} must be in [0, --num_steps={cfg.num_steps})")
+  n_dev = len(mesh_devices(cfg))
   for name, bs in (("batch_size", cfg.batch_size), ("eval_batch_size", cfg.eval_batch_size or cfg.batch_size)):
-    if bs % jax.device_count():
-      raise ValueError(f"--{name}={bs} is not divisible by the number of devices ({jax.device_count()}); "
-                       f"use a multiple of {jax.device_count()}")
+    if bs % n_dev:
+      raise ValueError(f"--{name}={bs} is not divisible by the number of devices ({n_dev}); use a multiple of {n_dev}")
   if not 0 <= cfg.label_smoothing < 1:
     raise ValueError(f"--label_smoothing must be in [0, 1), got {cfg.label_smoothing}")
   _validate_recipes(cfg)
@@ -306,7 +321,7 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-  mesh = steps.make_mesh()
+  mesh = steps.make_mesh(mesh_devices(cfg))
   model, schedule, tx, abstract, state = build(cfg, spec, mesh)
   loss_fn = _loss_fn(cfg)
 
@@ -383,7 +398,7 @@ def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
       "num_params": steps.num_params(state.params), "params_sha256": params_sha256(state.params),
       "wall_seconds": time.time() - t_start, "resumed_from_step": start_step,
       "steps_run": steps_run, "train_seconds": time.time() - t_loop,
-      "num_devices": jax.device_count(), "num_processes": jax.process_count(),
+      "num_devices": mesh.devices.size, "num_processes": jax.process_count(),
       "platform": jax.devices()[0].platform,
       "effective_learning_rate": effective_learning_rate(cfg), "num_classes": spec.num_classes,
   }

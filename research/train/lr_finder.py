@@ -198,7 +198,7 @@ def classify_range_test(cfg, *, min_lr: float = 1e-3, max_lr: float = 10.0, num_
                             lr_scaling="none", freeze_bn_last_steps=0)
   classify.validate(cfg)
   spec, train_source, _ = classify.prepare_data(cfg)
-  mesh = steps.make_mesh()
+  mesh = steps.make_mesh(classify.mesh_devices(cfg))
   schedule = exponential_schedule(min_lr, max_lr, num_steps)
   model, _, tx, _, state = classify.build(cfg, spec, mesh, schedule=schedule)
   augment = spec.default_augment if cfg.augment == "auto" else cfg.augment

@@ -41,6 +41,7 @@ def test_smoke_flagfile_end_to_end(shapes_data_dir, tmp_path):
     (["--dataset=imagenet_v9"], "--dataset='imagenet_v9' is neither"),
     (["--model_kwargs={bad"], "--model_kwargs is not valid JSON"),
     (["--warmup_steps=50"], "--warmup_steps=50 must be in"),
+    (["--num_devices=8"], "--num_devices=8 but only 4 devices exist"),
 ])
 def test_bad_input_one_clear_message(extra, message, tmp_path):
   proc = _run([f"--flagfile={SMOKE}", f"--workdir={tmp_path / 'w'}", f"--data_dir={tmp_path / 'd'}", *extra],

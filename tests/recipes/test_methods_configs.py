@@ -30,6 +30,8 @@ def test_super_convergence_config_rejects(kwargs, field):
     (dict(base_batch_size=0), "--base_batch_size"),
     (dict(epochs=0.0), "--epochs"),
     (dict(warmup_epochs=-1.0), "--warmup_epochs"),
+    (dict(per_device_batch=-1), "--per_device_batch"),
+    (dict(batch_sizes=(32, 48), per_device_batch=32), "multiples of --per_device_batch=32"),
 ])
 def test_large_minibatch_config_rejects(kwargs, field):
   with pytest.raises(ValueError, match=field):
@@ -69,6 +71,9 @@ def test_large_minibatch_run_config_scales_lr_and_warmup():
   assert classify.effective_learning_rate(recipe) == pytest.approx(0.2)
   assert recipe.zero_init_residual and not plain.zero_init_residual
   assert recipe.eval_every == recipe.checkpoint_every == 20
+  assert plain.num_devices == recipe.num_devices == 4  # k = 128 / n workers of n = 32 examples (BN batch)
+  every = large_minibatch.LargeMinibatchConfig(batch_sizes=(128,), per_device_batch=0)
+  assert large_minibatch.run_config(every, base, "recipe", 128, 1280).num_devices == 0  # 0: all devices
 
 
 def test_wrn_params_column_reproduces_table():
