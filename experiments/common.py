@@ -113,3 +113,11 @@ def int_list_flag(name: str) -> tuple[int, ...]:
     return tuple(int(v) for v in getattr(FLAGS, name))
   except ValueError:
     raise ValueError(f"--{name} must be integers, got {getattr(FLAGS, name)}") from None
+
+
+def float_list_flag(name: str) -> tuple[float, ...]:
+  """The numbers of list flag ``--name`` (e.g. ``--step_extra_lrs=0.1,0``); a clear ValueError otherwise."""
+  try:
+    return tuple(float(v) for v in getattr(FLAGS, name))
+  except ValueError:
+    raise ValueError(f"--{name} must be numbers, got {getattr(FLAGS, name)}") from None

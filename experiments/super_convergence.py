@@ -41,6 +41,7 @@ flags.DEFINE_float("range_max_lr", 10.0, "LR range test end.")
 flags.DEFINE_integer("range_steps", 100, "LR range test steps.")
 flags.DEFINE_float("range_divisor", 3.0, "suggested max LR = LR at the smoothed-loss minimum / this.")
 flags.DEFINE_float("step_lr", 0.1, "Baseline step schedule LR.")
+flags.DEFINE_list("step_extra_lrs", [], "Control step-schedule runs at these LRs (0 = the one-cycle peak LR).")
 flags.DEFINE_integer("step_steps", 800, "Baseline step schedule iterations.")
 flags.DEFINE_list("onecycle_steps", ["200", "400"], "One-cycle budgets (iterations).")
 flags.DEFINE_float("onecycle_max_lr", 0.0, "One-cycle peak LR; 0 = the range test's suggestion.")
@@ -58,6 +59,7 @@ def config_from_flags() -> super_convergence.SuperConvergenceConfig:
       num_classes_subset=FLAGS.num_classes_subset, batch_size=FLAGS.batch_size, weight_decay=FLAGS.weight_decay,
       momentum=FLAGS.momentum, range_min_lr=FLAGS.range_min_lr, range_max_lr=FLAGS.range_max_lr,
       range_steps=FLAGS.range_steps, range_divisor=FLAGS.range_divisor, step_lr=FLAGS.step_lr,
+      step_extra_lrs=common.float_list_flag("step_extra_lrs"),
       step_steps=FLAGS.step_steps, onecycle_steps=onecycle_steps, onecycle_max_lr=FLAGS.onecycle_max_lr,
       target_accuracy=FLAGS.target_accuracy, eval_every=FLAGS.eval_every, seed=FLAGS.seed)
 

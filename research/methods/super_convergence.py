@@ -2,7 +2,8 @@
 
 1. LR range test (``research.train.lr_finder``): exponential LR ramp, loss vs LR plot ``lr_range_test.png``,
    suggested maximum LR by the documented rule (cached in ``lr_range_test.json`` and reused on re-run).
-2. Baseline: piecewise-constant "step" schedule (LR ×0.1 at 50% and 75% of ``step_steps``) at ``step_lr``.
+2. Baseline: piecewise-constant "step" schedule (LR ×0.1 at 50% and 75% of ``step_steps``) at ``step_lr``; optional
+   control runs of the same schedule at ``step_extra_lrs`` (0 = the one-cycle peak LR: is it the LR or the cycle?).
 3. One cycle (peak = the suggested max LR unless ``onecycle_max_lr``) for each budget in ``onecycle_steps``.
 Each run needs the iterations of its first evaluation at or above the target accuracy (``target_accuracy`` or,
 when 0, the baseline's final eval accuracy). Every run is a classification run in ``workdir/<name>``
@@ -40,6 +41,7 @@ class SuperConvergenceConfig:
   range_divisor: float = 3.0  # suggested max LR = LR at the smoothed-loss minimum / this
   step_lr: float = 0.1  # baseline step schedule LR
   step_steps: int = 800  # baseline step schedule iterations
+  step_extra_lrs: tuple[float, ...] = ()  # control step-schedule runs at these LRs (0 = the one-cycle peak LR)
   onecycle_steps: tuple[int, ...] = (200, 400)  # one-cycle budgets (iterations), one run each
   onecycle_max_lr: float = 0.0  # one-cycle peak LR; 0 = the range test's suggestion
   target_accuracy: float = 0.0  # target eval accuracy in [0, 1]; 0 = the baseline's final accuracy
@@ -54,6 +56,8 @@ class SuperConvergenceConfig:
       raise ValueError(f"--range_max_lr={self.range_max_lr:g} must exceed --range_min_lr={self.range_min_lr:g}")
     if not self.onecycle_steps or min(self.onecycle_steps) <= 0:
       raise ValueError(f"--onecycle_steps must be one or more positive iteration counts, got {self.onecycle_steps}")
+    if any(lr < 0 for lr in self.step_extra_lrs):
+      raise ValueError(f"--step_extra_lrs must be >= 0 (0 = the one-cycle peak LR), got {list(self.step_extra_lrs)}")
     if self.onecycle_max_lr < 0:
       raise ValueError(f"--onecycle_max_lr must be >= 0 (0 = the range test's suggestion), got {self.onecycle_max_lr}")
     if not 0 <= self.target_accuracy <= 1:
@@ -100,9 +104,10 @@ def run(cfg: SuperConvergenceConfig, workdir: str) -> dict[str, Any]:
   max_lr = cfg.onecycle_max_lr or rt_summary["suggested_max_lr"]
 
   n = cfg.step_steps
-  runs = {f"step_lr{cfg.step_lr:g}_{n}": _classify_config(cfg, num_steps=n, learning_rate=cfg.step_lr,
-                                                          schedule="step", eval_every=cfg.eval_every,
-                                                          checkpoint_every=n)}
+  runs = {}
+  for lr in (cfg.step_lr,) + tuple(lr or max_lr for lr in cfg.step_extra_lrs):  # the first defines the target
+    runs.setdefault(f"step_lr{lr:.3g}_{n}", _classify_config(cfg, num_steps=n, learning_rate=lr, schedule="step",
+                                                             eval_every=cfg.eval_every, checkpoint_every=n))
   for s in cfg.onecycle_steps:
     runs[f"onecycle_lr{max_lr:.3g}_{s}"] = _classify_config(cfg, num_steps=s, learning_rate=max_lr,
                                                             schedule="onecycle", eval_every=cfg.eval_every,

@@ -16,6 +16,7 @@ from research.methods import large_minibatch, reporting, super_convergence, wrn_
     (dict(target_accuracy=1.5), "--target_accuracy"),
     (dict(eval_every=0), "--eval_every"),
     (dict(model_kwargs=[8]), "--model_kwargs"),
+    (dict(step_extra_lrs=(0.0, -0.1)), "--step_extra_lrs"),
 ])
 def test_super_convergence_config_rejects(kwargs, field):
   with pytest.raises(ValueError, match=field):
