@@ -41,9 +41,9 @@ def test_super_convergence_smoke(shapes_data_dir, tmp_path):
 
 def test_large_minibatch_smoke(shapes_data_dir, tmp_path):
   s = _run("large_minibatch", shapes_data_dir, tmp_path, devices=4)  # the flagfile's --num_devices=4 agrees
-  assert s["num_devices"] == 4 and s["per_device_batch"] == 16
-  assert [(r["batch_size"], r["devices"]) for r in s["runs"]] == [(32, 2), (32, 2), (64, 4), (64, 4)]  # B = k x 16
-  runs = {r["condition"]: r for r in s["runs"] if r["batch_size"] == 64}
+  assert s["num_devices"] == 4 and s["per_device_batch"] == 32
+  assert [(r["batch_size"], r["devices"]) for r in s["runs"]] == [(64, 2), (64, 2)]  # 2 of the 4 devices: 64 = 2 x 32
+  runs = {r["condition"]: r for r in s["runs"]}
   assert runs["no_recipe"]["peak_lr"] == pytest.approx(0.05) and not runs["no_recipe"]["zero_init_residual"]
   assert runs["recipe"]["peak_lr"] == pytest.approx(0.2) and runs["recipe"]["zero_init_residual"]
   assert runs["recipe"]["warmup_steps"] > 0 and runs["recipe"]["num_steps"] == runs["no_recipe"]["num_steps"]
