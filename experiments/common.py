@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging as pylogging
+import os
 import sys
 import warnings
 
@@ -93,6 +94,17 @@ def print_summary(results: dict, workdir: str) -> None:
                       "params_sha256", "wall_seconds") if k in results]
   print(json.dumps({k: results[k] for k in keys}, indent=2))
   print(f"results: {workdir}/results.json")
+
+
+def print_markdown_summary(workdir: str, summary: dict, extra: str = "") -> None:
+  """Prints ``workdir/summary.md`` and a results line with the wall time (process 0 only in multi-process runs)."""
+  if _is_multiprocess():
+    import jax
+    if jax.process_index() != 0:
+      return
+  with open(os.path.join(workdir, "summary.md")) as f:
+    print(f.read())
+  print(f"results: {workdir}/summary.json  {extra}wall {summary['wall_seconds']:.0f} s")
 
 
 def json_dict_flag(name: str) -> dict:

@@ -19,7 +19,6 @@ Writes ``summary.json``, ``summary.md`` and ``accuracy_vs_batch.png``; the exper
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from absl import app, flags
@@ -69,9 +68,7 @@ def main(argv):
   from research.methods import large_minibatch
   with common.clean_errors():
     summary = large_minibatch.run(config_from_flags(), FLAGS.workdir)
-  print(open(os.path.join(FLAGS.workdir, "summary.md")).read())
-  print(f"results: {FLAGS.workdir}/summary.json  devices {summary['num_devices']}  "
-        f"wall {summary['wall_seconds']:.0f} s")
+  common.print_markdown_summary(FLAGS.workdir, summary, extra=f"devices {summary['num_devices']}  ")
 
 
 if __name__ == "__main__":

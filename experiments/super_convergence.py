@@ -17,7 +17,6 @@ experiment itself is ``research.methods.super_convergence``.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from absl import app, flags
@@ -71,8 +70,7 @@ def main(argv):
   from research.methods import super_convergence
   with common.clean_errors():
     summary = super_convergence.run(config_from_flags(), FLAGS.workdir)
-  print(open(os.path.join(FLAGS.workdir, "summary.md")).read())
-  print(f"results: {FLAGS.workdir}/summary.json  wall {summary['wall_seconds']:.0f} s")
+  common.print_markdown_summary(FLAGS.workdir, summary)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Writes ``summary.json`` and ``summary.md``; the experiment, the table and its pa
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from absl import app, flags
@@ -61,8 +60,7 @@ def main(argv):
   from research.methods import wrn_blocks
   with common.clean_errors():
     summary = wrn_blocks.run(config_from_flags(), FLAGS.workdir)
-  print(open(os.path.join(FLAGS.workdir, "summary.md")).read())
-  print(f"results: {FLAGS.workdir}/summary.json  wall {summary['wall_seconds']:.0f} s")
+  common.print_markdown_summary(FLAGS.workdir, summary)
 
 
 if __name__ == "__main__":

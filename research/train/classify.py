@@ -216,32 +216,16 @@ def _evaluate(eval_fn, state, source, spec, batch_size, mesh) -> dict[str, float
 
 
 def _last_logged(workdir: str, key: str) -> float | None:
-  path = os.path.join(workdir, "metrics.jsonl")
   value = None
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        value = row.get(key, value)
+  for row in metrics_lib.read_metrics(workdir):
+    value = row.get(key, value)
   return value
 
 
 def eval_curve(workdir: str) -> list[tuple[int, float]]:
   """[(step, eval accuracy)] logged in ``workdir/metrics.jsonl``, in step order (last value per step)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  curve: dict[int, float] = {}
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError:
-          continue
-        if "eval/accuracy" in row:
-          curve[int(row["step"])] = float(row["eval/accuracy"])
+  curve = {int(row["step"]): float(row["eval/accuracy"]) for row in metrics_lib.read_metrics(workdir)
+           if "eval/accuracy" in row}
   return sorted(curve.items())
 
 

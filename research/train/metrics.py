@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import jax
 import numpy as np
@@ -56,6 +56,20 @@ class MetricWriter:
     if self._tb is not None:
       self._tb.flush()
       self._tb.close()
+
+
+def read_metrics(workdir: str) -> Iterator[dict]:
+  """The rows of ``workdir/metrics.jsonl`` in file order (none if it does not exist; a line cut by a kill is
+  skipped)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    for line in f:
+      try:
+        yield json.loads(line)
+      except json.JSONDecodeError:
+        continue
 
 
 def progress(total: int, initial: int = 0, desc: str = "", disable: bool | None = None):

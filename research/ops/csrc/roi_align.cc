@@ -484,33 +484,26 @@ ffi::Error RoiPoolBwdImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad, ffi::AnyBuf
 
 namespace ro = research_ops;
 
+// Forward and backward RoIAlign take the same three buffers and attributes and return one buffer.
+#define RESEARCH_ROI_ALIGN_BINDING                                                              \
+  ro::ffi::Ffi::Bind()                                                                          \
+      .Ctx<ro::ffi::ThreadPool>()                                                               \
+      .Arg<ro::ffi::AnyBuffer>()                                                                \
+      .Arg<ro::ffi::AnyBuffer>()                                                                \
+      .Arg<ro::ffi::AnyBuffer>()                                                                \
+      .Ret<ro::ffi::AnyBuffer>()                                                                \
+      .Attr<int32_t>("pooled_h")                                                                \
+      .Attr<int32_t>("pooled_w")                                                                \
+      .Attr<float>("spatial_scale")                                                             \
+      .Attr<int32_t>("sampling_ratio")                                                          \
+      .Attr<bool>("aligned")                                                                    \
+      .Attr<int32_t>("mode")
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResearchRoiAlignFwd, ro::RoiAlignFwdImpl,
-                              ro::ffi::Ffi::Bind()
-                                  .Ctx<ro::ffi::ThreadPool>()
-                                  .Arg<ro::ffi::AnyBuffer>()
-                                  .Arg<ro::ffi::AnyBuffer>()
-                                  .Arg<ro::ffi::AnyBuffer>()
-                                  .Ret<ro::ffi::AnyBuffer>()
-                                  .Attr<int32_t>("pooled_h")
-                                  .Attr<int32_t>("pooled_w")
-                                  .Attr<float>("spatial_scale")
-                                  .Attr<int32_t>("sampling_ratio")
-                                  .Attr<bool>("aligned")
-                                  .Attr<int32_t>("mode"));
+                              RESEARCH_ROI_ALIGN_BINDING);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResearchRoiAlignBwd, ro::RoiAlignBwdImpl,
-                              ro::ffi::Ffi::Bind()
-                                  .Ctx<ro::ffi::ThreadPool>()
-                                  .Arg<ro::ffi::AnyBuffer>()
-                                  .Arg<ro::ffi::AnyBuffer>()
-                                  .Arg<ro::ffi::AnyBuffer>()
-                                  .Ret<ro::ffi::AnyBuffer>()
-                                  .Attr<int32_t>("pooled_h")
-                                  .Attr<int32_t>("pooled_w")
-                                  .Attr<float>("spatial_scale")
-                                  .Attr<int32_t>("sampling_ratio")
-                                  .Attr<bool>("aligned")
-                                  .Attr<int32_t>("mode"));
+                              RESEARCH_ROI_ALIGN_BINDING);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ResearchRoiPoolFwd, ro::RoiPoolFwdImpl,
                               ro::ffi::Ffi::Bind()
