@@ -42,22 +42,29 @@ class Checkpointer:
     return sorted(self.manager.all_steps())
 
   def restore_latest(self, abstract_state: Any, data_iterator=None) -> tuple[Any, int] | None:
-    """Restores the newest readable checkpoint into ``abstract_state``'s structure/shardings (and the data
-    iterator in place). Returns ``(state, step)`` or ``None`` when there is none."""
-    steps = self.all_steps()
+    """Restores the newest checkpoint that EVERY process can read into ``abstract_state``'s structure/shardings
+    (and the data iterator in place). Returns ``(state, step)`` or ``None`` when there is none.
+
+    Processes agree on the step: process 0's list of steps is broadcast, each process tries the newest, and
+    the step is taken only if all succeeded (else everyone falls back to the previous one), so a checkpoint
+    that one process cannot read never leaves the processes at different steps."""
+    steps = _agreed_steps(self.all_steps())
     for step in reversed(steps):
       items = {"state": ocp.args.StandardRestore(abstract_state)}
       if data_iterator is not None:
         items["data"] = DataRestore(data_iterator)
+      error = None
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
       except Exception as e:  # corrupt / truncated / incompatible: fall back to the previous one
-        msg = (f"checkpoint at step {step} in {self.directory} could not be restored "
-               f"({type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}); trying the previous one")
-        log.warning(msg)
-        _warn(msg)
-        continue
-      return restored["state"], step
+        error = e
+      if _all_processes_ok(error is None):
+        return restored["state"], step
+      why = (f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}" if error is not None
+             else "another process could not read it")
+      msg = f"checkpoint at step {step} in {self.directory} could not be restored ({why}); trying the previous one"
+      log.warning(msg)
+      _warn(msg)
     if steps:
       raise RuntimeError(f"none of the checkpoints {steps} in {self.directory} could be restored; move the "
                          f"directory away to start from scratch")
@@ -131,14 +138,37 @@ class DataRestore(ocp.args.CheckpointArgs):
   item: Any
 
 
+def _agreed_steps(steps: list[int]) -> list[int]:
+  """Process 0's checkpoint steps on every process (they may list the directory at different moments)."""
+  if jax.process_count() == 1:
+    return steps
+  import numpy as np
+  from jax.experimental import multihost_utils
+  padded = np.full((64,), -1, np.int64)
+  padded[:min(len(steps), 64)] = steps[-64:]
+  agreed = multihost_utils.broadcast_one_to_all(padded)
+  return [int(s) for s in np.asarray(agreed) if s >= 0]
+
+
+def _all_processes_ok(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np
+  from jax.experimental import multihost_utils
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
 def _warn(msg: str) -> None:
   import warnings
   warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
-def load_params(path: str, abstract_params: Any | None = None, *, step: int | None = None) -> dict[str, Any]:
-  """Loads ``{'params', 'batch_stats'}`` from a checkpoint directory written by ``Checkpointer``
-  (the directory holding step subdirectories, or one step directory). Raises ``ValueError`` if missing."""
+def load_params(path: str, abstract: Any | None = None, *, step: int | None = None) -> dict[str, Any]:
+  """Loads ``{'params', 'model_state'}`` from a checkpoint directory written by the training loop (the
+  directory holding step subdirectories, or one step directory); ``batch_stats`` is also given (the
+  ``model_state['batch_stats']`` entry, or the top-level one of checkpoints from before the generic loop).
+  With ``abstract`` (a dict with some of those keys), the leaves are placed as its ``ShapeDtypeStruct`` s.
+  Raises ``ValueError`` if missing."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise ValueError(f"checkpoint path {path!r} does not exist")
@@ -149,13 +179,22 @@ def load_params(path: str, abstract_params: Any | None = None, *, step: int | No
       raise ValueError(f"no checkpoint steps found in {path!r}")
     step_dir = os.path.join(path, str(step if step is not None else steps[-1]))
   with ocp.StandardCheckpointer() as ckptr:
-    if abstract_params is None:
-      restored = ckptr.restore(os.path.join(step_dir, "state"))
-    else:
-      restored = ckptr.restore(os.path.join(step_dir, "state"), abstract_params)
+    restored = ckptr.restore(os.path.join(step_dir, "state"))
   if not isinstance(restored, dict) or "params" not in restored:
     raise ValueError(f"{step_dir!r} does not hold a TrainState checkpoint (keys: {list(restored)[:5]})")
-  return {"params": restored["params"], "batch_stats": restored.get("batch_stats", {})}
+  model_state = restored.get("model_state")
+  if model_state is None:  # layout before the generic loop: {'params', 'batch_stats', ...}
+    model_state = {"batch_stats": restored["batch_stats"]} if restored.get("batch_stats") else {}
+  batch_stats = model_state.get("batch_stats", {}) if isinstance(model_state, dict) else {}
+  out = {"params": restored["params"], "model_state": model_state, "batch_stats": batch_stats}
+  if abstract is not None:
+    for key, target in abstract.items():
+      try:
+        out[key] = jax.tree.map(lambda a, x: jax.device_put(x.astype(a.dtype), a.sharding)
+                                if getattr(a, "sharding", None) is not None else x.astype(a.dtype), target, out[key])
+      except (ValueError, TypeError) as e:
+        raise ValueError(f"checkpoint {step_dir!r}: its {key} do not match the model's ({e})") from None
+  return out
 
 
 def write_json_atomic(path: str, payload: Any) -> None:

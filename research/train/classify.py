@@ -1,30 +1,40 @@
-"""Supervised image classification: ``train_and_evaluate(config, workdir)`` (used by experiments.classify).
+"""Supervised image classification as a ``Task`` of the one training loop (used by experiments.classify).
 
-Data-parallel over every device of every process, resumable from ``workdir/checkpoints`` with the data
-iterator state, metrics to ``workdir/metrics.jsonl`` + ``workdir/tb``, final ``workdir/results.json``.
+``ClassificationTask`` is what differs from other families: the model's softmax (or other) loss with optional
+auxiliary heads (GoogLeNet §5, Inception v3), center loss (Wen et al.), frozen BatchNorm for the last steps
+(SENet) and dynamic loss scaling for float16; eval sums loss, correct and count. ``train_and_evaluate(config,
+workdir)`` builds data, task and mesh and calls ``research.train.loop.train``, which does the rest
+(data-parallel step, checkpoints + resume, NaN halt, metrics, ``results.json``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import json
 import logging
-import math
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flax.linen as nn
+import optax
+from flax.training import dynamic_scale as dynamic_scale_lib
+
 from research import data as data_lib
 from research import models
+from research.configs import setting
 from research.train import checkpoint as ckpt_lib
+from research.train import loop as loop_lib
+from research.train import losses as losses_lib
 from research.train import metrics as metrics_lib
-from research.train import optim, recipes, steps
+from research.train import optim, recipes
+from research.train import task as task_lib
 
 log = logging.getLogger(__name__)
 
@@ -33,56 +43,59 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 @dataclasses.dataclass
 class ClassifyConfig:
-  """All knobs of a classification run (one absl flag each in experiments/classify.py)."""
-  model: str = "wrn16_4"
-  model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
-  dataset: str = "shapes"
-  data_dir: str | None = None
-  num_steps: int = 1000
-  batch_size: int = 128
-  learning_rate: float = 0.1
-  optimizer: str = "nesterov"
-  momentum: float = 0.9
-  schedule: str = "cosine"
-  warmup_steps: int = 0
-  weight_decay: float = 5e-4
-  decay_bn_and_bias: bool = False
-  label_smoothing: float = 0.0
-  loss: str = "cross_entropy"
-  grad_clip_norm: float = 0.0
-  seed: int = 0
-  eval_every: int = 500
-  checkpoint_every: int = 500
-  keep_checkpoints: int = 3
-  log_every: int = 10
-  sync_bn: bool = False
-  dtype: str = "float32"
-  augment: str = "auto"
-  data_workers: int = 0
-  init_checkpoint: str | None = None
-  eval_batch_size: int = 0  # 0: same as batch_size
-  progress_bar: bool = True
+  """All settings of a classification run; each field is one absl flag of ``experiments.classify``."""
+  model: str = setting("wrn16_4", "Registered model name (research.models.names() or wrn{d}_{k}).")
+  model_kwargs: dict[str, Any] = setting({}, "JSON dict of extra model arguments, e.g. '{\"dropout_rate\": 0.3}'.")
+  dataset: str = setting("shapes", "TFDS dataset name: 'shapes' (offline, procedural) or a prepared one.")
+  data_dir: str | None = setting(None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
+  num_steps: int = setting(1000, "Training steps.")
+  batch_size: int = setting(128, "Global batch size (divisible by the device count).")
+  eval_batch_size: int = setting(0, "Global eval batch size; 0 = --batch_size.")
+  learning_rate: float = setting(0.1, "Peak learning rate.")
+  optimizer: str = setting("nesterov", "Optimizer.", choices=optim.OPTIMIZERS)
+  momentum: float = setting(0.9, "Momentum for momentum/nesterov.")
+  schedule: str = setting("cosine", "LR schedule.", choices=optim.SCHEDULES)
+  warmup_steps: int = setting(0, "Linear warmup steps from --warmup_init * the peak LR.")
+  weight_decay: float = setting(5e-4, "Weight decay (L2 for SGD variants, decoupled for adamw).")
+  decay_bn_and_bias: bool = setting(False, "Also decay BatchNorm parameters and biases.")
+  label_smoothing: float = setting(0.0, "Label smoothing for cross-entropy.")
+  loss: str = setting("cross_entropy", "Loss name (research.train.losses).")
+  aux_loss_weight: float = setting(-1.0, "Weight of each auxiliary classifier's loss (GoogLeNet, Inception v3 with "
+                                   "model_kwargs aux_logits); -1 = the paper's (GoogLeNet 0.3, Inception v3 0.4).")
+  grad_clip_norm: float = setting(0.0, "Clip gradients to this global norm (0 = off).")
+  seed: int = setting(0, "Seed for init, data order, augmentation and dropout.")
+  eval_every: int = setting(500, "Evaluate every N steps (and at the end).")
+  checkpoint_every: int = setting(500, "Checkpoint every N steps (and at the end).")
+  keep_checkpoints: int = setting(3, "Checkpoints kept.")
+  log_every: int = setting(10, "Log training metrics every N steps.")
+  sync_bn: bool = setting(False, "Cross-replica BatchNorm statistics (mean over the global batch).")
+  dtype: str = setting("float32", "Compute dtype (params stay float32); float16 uses dynamic loss scaling.",
+                       choices=tuple(DTYPES))
+  augment: str = setting("auto", "Augmentation; auto = dataset default.", choices=("auto",) + data_lib.AUGMENTATIONS)
+  data_workers: int = setting(0, "grain worker processes (0 = in-process).")
+  init_checkpoint: str | None = setting(None, "Initialise params from this checkpoint when workdir has none.")
+  progress_bar: bool = setting(True, "Show a progress bar (process 0).")
+  prefetch: int = setting(2, "Batches put on the devices ahead of the step (0 = synchronous input).")
   # Recipes (issue 5; research/train/recipes.py).
-  lr_scaling: str = "none"  # "linear": learning_rate * batch_size / base_batch_size (Goyal et al. 2017)
-  base_batch_size: int = 256
-  warmup_init: float = 0.0  # warmup starts at warmup_init * peak LR (Goyal et al.: 1/k, the small-batch LR)
-  zero_init_residual: bool = False  # γ = 0 in each residual block's last BN (Goyal et al. 2017)
-  freeze_bn_last_steps: int = 0  # BN uses and keeps its running statistics for the last N steps (SENet)
-  temperature: float = 1.0  # softmax(logits / T) in the softmax losses
-  center_loss_weight: float = 0.003  # λ of --loss=softmax_center (Wen et al. 2016, Eq. 5)
-  center_loss_alpha: float = 0.5  # α, the centre learning rate (Wen et al. 2016, Eq. 4)
-  num_classes_subset: int = 0  # >0: train and evaluate on the classes with label < N only
-  step_boundaries: tuple[float, ...] = (0.5, 0.75)  # --schedule=step: fractions of num_steps where LR *= 0.1
-  onecycle_pct_start: float = 0.3  # --schedule=onecycle: fraction of steps spent increasing the LR
-  num_devices: int = 0  # >0: data parallelism over the first N devices only (single process); 0 = every device
+  lr_scaling: str = setting("none", "linear: peak LR = --learning_rate * --batch_size / --base_batch_size "
+                            "(Goyal et al. 2017).", choices=recipes.LR_SCALINGS)
+  base_batch_size: int = setting(256, "Batch size at which --learning_rate is given (--lr_scaling=linear).")
+  warmup_init: float = setting(0.0, "Warmup starts at this fraction of the peak LR (Goyal et al.: 1/k).")
+  zero_init_residual: bool = setting(False, "Zero-init γ of each residual block's last BN (Goyal et al. 2017; "
+                                     "post-activation ResNets).")
+  freeze_bn_last_steps: int = setting(0, "For the last N steps BN normalises with, and stops updating, its running "
+                                      "statistics (SENet).")
+  temperature: float = setting(1.0, "Softmax temperature T: softmax(logits / T) in the softmax losses.")
+  center_loss_weight: float = setting(0.003, "λ of --loss=softmax_center (Wen et al. 2016, Eq. 5).")
+  center_loss_alpha: float = setting(0.5, "Centre learning rate α of --loss=softmax_center (Wen et al., Eq. 4).")
+  num_classes_subset: int = setting(0, "Use only the classes with label < N (0 = all).")
+  step_boundaries: tuple[float, ...] = setting((0.5, 0.75), "--schedule=step: fractions of --num_steps where "
+                                               "LR *= 0.1.")
+  onecycle_pct_start: float = setting(0.3, "--schedule=onecycle: fraction of steps with increasing LR.")
+  num_devices: int = setting(0, "Data-parallel over the first N devices of this (single) process; 0 = all.")
 
 
-def params_sha256(params) -> str:
-  """sha256 of all parameter leaves' bytes in tree order."""
-  h = hashlib.sha256()
-  for leaf in jax.tree.leaves(params):
-    h.update(np.ascontiguousarray(steps.host_value(leaf)).tobytes())
-  return h.hexdigest()
+params_sha256 = loop_lib.params_sha256
 
 
 def mesh_devices(cfg: ClassifyConfig) -> list:
@@ -177,49 +190,27 @@ def center_loss_of(cfg: ClassifyConfig) -> recipes.CenterLoss | None:
   return recipes.CenterLoss(lam=cfg.center_loss_weight, alpha=cfg.center_loss_alpha)
 
 
-def _temperature_ce(logits, labels, *, temperature: float, label_smoothing: float):
-  return steps.cross_entropy(logits / temperature, labels, label_smoothing=label_smoothing)
-
-
 def _loss_fn(cfg: ClassifyConfig):
   """Per-example loss ``fn(logits, labels) -> [B]`` for ``--loss``. For ``softmax_center`` this is the softmax
-  part only; the center term needs the features and centres and is added in ``steps.train_step``."""
-  from research.train import losses
+  part only; the center term needs the features and centres and is added by ``ClassificationTask``."""
   if cfg.loss in ("cross_entropy", "softmax_center"):
     if cfg.temperature == 1.0:
-      return functools.partial(steps.cross_entropy, label_smoothing=cfg.label_smoothing)
-    return functools.partial(_temperature_ce, temperature=cfg.temperature, label_smoothing=cfg.label_smoothing)
-  if cfg.loss not in losses.loss_names():
-    raise ValueError(f"--loss={cfg.loss!r}; choose one of {losses.loss_names()}")
+      return functools.partial(losses_lib.cross_entropy, label_smoothing=cfg.label_smoothing)
+    return functools.partial(losses_lib.cross_entropy, temperature=cfg.temperature,
+                             label_smoothing=cfg.label_smoothing)
+  if cfg.loss not in losses_lib.loss_names():
+    raise ValueError(f"--loss={cfg.loss!r}; choose one of {losses_lib.loss_names()}")
   if cfg.loss == "label_smoothing":
     if cfg.temperature != 1.0:
       raise ValueError("--temperature applies to --loss=cross_entropy/softmax_center/temperature_cross_entropy")
-    return losses.get_loss(cfg.loss, smoothing=cfg.label_smoothing or 0.1)
+    return losses_lib.get_loss(cfg.loss, smoothing=cfg.label_smoothing or 0.1)
   if cfg.label_smoothing:
     raise ValueError(f"--label_smoothing applies to the softmax cross-entropy losses, not --loss={cfg.loss}")
   if cfg.loss == "temperature_cross_entropy":
-    return losses.get_loss(cfg.loss, temperature=cfg.temperature)
+    return losses_lib.get_loss(cfg.loss, temperature=cfg.temperature)
   if cfg.temperature != 1.0:
     raise ValueError(f"--temperature applies to the softmax losses, not --loss={cfg.loss}")
-  return losses.get_loss(cfg.loss)
-
-
-def _evaluate(eval_fn, state, source, spec, batch_size, mesh) -> dict[str, float]:
-  totals = {"loss_sum": 0.0, "correct": 0.0, "count": 0.0}
-  for batch in data_lib.eval_batches(source, global_batch_size=batch_size, mean=spec.mean, std=spec.std,
-                                     image_shape=spec.image_shape):
-    out = eval_fn(state, steps.global_batch(batch, mesh))
-    for k, v in jax.device_get(out).items():
-      totals[k] += float(v)
-  n = max(totals["count"], 1.0)
-  return {"loss": totals["loss_sum"] / n, "accuracy": totals["correct"] / n, "count": totals["count"]}
-
-
-def _last_logged(workdir: str, key: str) -> float | None:
-  value = None
-  for row in metrics_lib.read_metrics(workdir):
-    value = row.get(key, value)
-  return value
+  return losses_lib.get_loss(cfg.loss)
 
 
 def eval_curve(workdir: str) -> list[tuple[int, float]]:
@@ -251,28 +242,189 @@ def make_model(cfg: ClassifyConfig, spec: data_lib.DatasetSpec):
   if cfg.zero_init_residual:
     model_kwargs["zero_init_last_bn"] = True
   return models.create(cfg.model, num_classes=spec.num_classes, dtype=DTYPES[cfg.dtype],
-                       bn_axis_name=steps.DATA_AXIS if cfg.sync_bn else None, **model_kwargs)
+                       bn_axis_name=task_lib.DATA_AXIS if cfg.sync_bn else None, **model_kwargs)
+
+
+# The papers' auxiliary-classifier weights: GoogLeNet §5 ("weighted by 0.3"); Inception v3 gives none, 0.4 is
+# the weight of the TF-slim / torchvision reference training scripts.
+AUX_WEIGHTS = {"GoogLeNet": 0.3, "InceptionV3": 0.4}
+
+
+@dataclasses.dataclass(eq=False)
+class ClassificationTask(task_lib.Task):
+  """Softmax classification of ``{'image': [B,H,W,C] f32, 'label': [B] int}`` batches.
+
+  ``loss_fn(logits, labels) -> [B]``. Models that return ``(logits, *aux_logits)`` in training mode
+  (GoogLeNet, Inception v3 with ``aux_logits=True``) add ``aux_weight`` × each auxiliary loss. ``center_loss``
+  adds λ·mean ½||x_i − c_{y_i}||² on the classifier's input and updates the centres (``model_state['centers']``)
+  by Wen et al.'s Eq. 4 over the global batch. ``freeze_bn_from``: from that step on, BatchNorm uses and keeps
+  its running statistics (SENet). ``loss_scale``: float16 dynamic loss scaling (flax ``DynamicScale``), the
+  step is skipped when the scaled gradients overflow.
+  """
+  model: nn.Module
+  tx: optax.GradientTransformation
+  loss_fn: Callable
+  image_shape: tuple[int, ...]
+  num_classes: int
+  schedule: optax.Schedule | None = None
+  center_loss: recipes.CenterLoss | None = None
+  freeze_bn_from: int | None = None
+  aux_weight: float = 0.0
+  loss_scale: bool = False
+
+  def init(self, rng, batch):
+    x = jnp.zeros((1,) + tuple(self.image_shape), jnp.float32)
+    aux = bool(getattr(self.model, "aux_logits", False))  # aux heads exist only in training mode
+    variables = self.model.init({"params": rng, "dropout": rng}, x, train=aux)
+    params = variables["params"]
+    model_state = {"batch_stats": variables.get("batch_stats", {})}
+    if self.center_loss is not None:  # class centres c_j [C, D], D = the classifier's input width
+      dim = recipes.feature_dim(self.model, {"params": params, **model_state}, x.shape, self.center_loss.head_name)
+      model_state["centers"] = losses_lib.init_centers(self.num_classes, dim)
+    if self.loss_scale:
+      model_state["dynamic_scale"] = dynamic_scale_lib.DynamicScale(fin_steps=jnp.zeros((), jnp.int32),
+                                                                     scale=jnp.asarray(2.0**15, jnp.float32))
+    return params, model_state
+
+  def optimizer(self):
+    return self.tx
+
+  def _variables(self, params, model_state):
+    bn = model_state.get("batch_stats", {})
+    return {"params": params, **({"batch_stats": bn} if jax.tree.leaves(bn) else {})}
+
+  def _forward(self, params, model_state, batch, rng, freeze_bn: bool):
+    bn_ctx = recipes.frozen_batch_norm() if freeze_bn else contextlib.nullcontext()
+    feat_ctx = (recipes.capture_features(self.center_loss.head_name) if self.center_loss is not None
+                else contextlib.nullcontext({}))
+    with bn_ctx, feat_ctx as captured:
+      out, updates = self.model.apply(self._variables(params, model_state), batch["image"], train=True,
+                                      mutable=["batch_stats"],
+                                      rngs={"dropout": rng, "droppath": jax.random.fold_in(rng, 1)})
+    logits, aux = (out[0], out[1:]) if isinstance(out, tuple) else (out, ())
+    loss = jnp.mean(self.loss_fn(logits, batch["label"]))
+    for a in aux:
+      loss = loss + self.aux_weight * jnp.mean(self.loss_fn(a, batch["label"]))
+    new_state = dict(model_state)
+    if not freeze_bn:
+      new_state["batch_stats"] = updates.get("batch_stats", model_state.get("batch_stats", {}))
+    metrics = {"accuracy": jnp.mean((jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32))}
+    if self.center_loss is not None:
+      if "features" not in captured:
+        raise ValueError(f"center loss: the model has no top-level classifier module named "
+                         f"{self.center_loss.head_name!r} whose input could serve as the deep features")
+      features = captured["features"].astype(jnp.float32)
+      centers = jax.lax.stop_gradient(model_state["centers"])
+      loss = loss + self.center_loss.lam * jnp.mean(losses_lib.center_loss(features, batch["label"], centers))
+      # Per-device class counts and feature sums; sync_model_state psums them and applies Eq. 4.
+      new_state["center_statistics"] = losses_lib.center_statistics(jax.lax.stop_gradient(features),
+                                                                    batch["label"], self.num_classes)
+    return loss, (new_state, metrics)
+
+  def loss(self, params, model_state, batch, rng, *, train: bool, freeze_bn: bool = False):
+    del train  # the training loss; eval_step computes the eval statistics
+    return self._forward(params, model_state, batch, rng, freeze_bn)
+
+  def sync_model_state(self, old, new, axis_name):
+    new = dict(new)
+    if jax.tree.leaves(new.get("batch_stats", {})) and new["batch_stats"] is not old.get("batch_stats"):
+      bn = new["batch_stats"]
+      new["batch_stats"] = bn if axis_name is None else jax.lax.pmean(bn, axis_name)
+    if "center_statistics" in new:
+      counts, sums = new.pop("center_statistics")
+      if axis_name is not None:
+        counts, sums = jax.lax.psum((counts, sums), axis_name)
+      new["centers"] = losses_lib.update_centers_from_statistics(old["centers"], counts, sums,
+                                                                 self.center_loss.alpha)
+    return new
+
+  def update(self, state, batch, rng, *, axis_name):
+    if self.freeze_bn_from is None:
+      return self._update(state, batch, rng, axis_name=axis_name, freeze_bn=False)
+    return jax.lax.cond(state.step >= self.freeze_bn_from,
+                        lambda: self._update(state, batch, rng, axis_name=axis_name, freeze_bn=True),
+                        lambda: self._update(state, batch, rng, axis_name=axis_name, freeze_bn=False))
+
+  def _update(self, state, batch, rng, *, axis_name, freeze_bn):
+    loss_fn = functools.partial(self.loss, freeze_bn=freeze_bn)
+    if not self.loss_scale:
+      (loss, (model_state, metrics)), grads = task_lib.grad_of(loss_fn, state.params, state.model_state, batch,
+                                                               rng, axis_name)
+      model_state = self.sync_model_state(state.model_state, model_state, axis_name)
+      params, opt_state, updates = task_lib.apply_optimizer(self.tx, grads, state.opt_state, state.params)
+    else:  # float16: scale the loss, unscale the gradients, skip the step on overflow (Micikevicius et al. 2018)
+      scale = state.model_state["dynamic_scale"]
+
+      def scaled(p):
+        loss, aux = loss_fn(p, state.model_state, batch, rng, train=True)
+        if axis_name is not None:
+          loss = jax.lax.pmean(loss, axis_name)
+        return loss, aux
+
+      new_scale, finite, (loss, (model_state, metrics)), grads = scale.value_and_grad(scaled, has_aux=True)(
+          state.params)
+      model_state = self.sync_model_state(state.model_state, model_state, axis_name)
+      params, opt_state, updates = task_lib.apply_optimizer(self.tx, grads, state.opt_state, state.params)
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      model_state = {**keep(model_state, state.model_state), "dynamic_scale": new_scale}
+      metrics = {**metrics, "loss_scale": new_scale.scale, "grads_finite": finite.astype(jnp.float32)}
+    metrics = {"loss": loss, **task_lib.mean_over(metrics, axis_name), **task_lib.norms(grads, params, updates)}
+    return state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
+
+  def extra_metrics(self, state):
+    if self.schedule is None:
+      return {}
+    return {"learning_rate": jnp.asarray(self.schedule(state.step), jnp.float32)}
+
+  def eval_step(self, state, batch):
+    logits = self.model.apply(self._variables(state.params, state.model_state), batch["image"], train=False)
+    valid = batch["valid"] if "valid" in batch else batch["mask"]
+    sums = {"loss_sum": jnp.sum(self.loss_fn(logits, batch["label"]) * valid),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * valid),
+            "count": jnp.sum(valid)}
+    return sums, {}
+
+  def eval_metrics(self, sums, gathered):
+    n = max(float(sums["count"]), 1.0)
+    return {"loss": float(sums["loss_sum"]) / n, "accuracy": float(sums["correct"]) / n, "count": float(sums["count"])}
+
+
+def make_schedule(cfg: ClassifyConfig) -> optax.Schedule:
+  return optim.make_schedule(cfg.schedule, effective_learning_rate(cfg), cfg.num_steps,
+                             warmup_steps=cfg.warmup_steps, warmup_init=cfg.warmup_init,
+                             step_boundaries=cfg.step_boundaries, onecycle_pct_start=cfg.onecycle_pct_start)
+
+
+def make_task(cfg: ClassifyConfig, spec: data_lib.DatasetSpec, schedule: optax.Schedule | None = None
+              ) -> ClassificationTask:
+  """The classification task of ``cfg``; ``schedule`` overrides the configured one (the LR range test's ramp)."""
+  model = make_model(cfg, spec)
+  schedule = make_schedule(cfg) if schedule is None else schedule
+  tx = optim.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                            decay_bn_and_bias=cfg.decay_bn_and_bias, grad_clip_norm=cfg.grad_clip_norm or None)
+  aux = AUX_WEIGHTS.get(type(model).__name__, 0.0) if cfg.aux_loss_weight < 0 else cfg.aux_loss_weight
+  return ClassificationTask(
+      model=model, tx=tx, loss_fn=_loss_fn(cfg), image_shape=tuple(spec.image_shape), num_classes=spec.num_classes,
+      schedule=schedule, center_loss=center_loss_of(cfg),
+      freeze_bn_from=cfg.num_steps - cfg.freeze_bn_last_steps if cfg.freeze_bn_last_steps else None,
+      aux_weight=aux, loss_scale=cfg.dtype == "float16")
 
 
 def build(cfg: ClassifyConfig, spec: data_lib.DatasetSpec, mesh, schedule=None):
-  """(model, schedule, optimizer, abstract state, initial state) for ``cfg``; ``schedule`` overrides the
-  configured one (the LR range test's exponential ramp)."""
-  model = make_model(cfg, spec)
-  if schedule is None:
-    schedule = optim.make_schedule(cfg.schedule, effective_learning_rate(cfg), cfg.num_steps,
-                                   warmup_steps=cfg.warmup_steps, warmup_init=cfg.warmup_init,
-                                   step_boundaries=cfg.step_boundaries, onecycle_pct_start=cfg.onecycle_pct_start)
-  tx = optim.make_optimizer(cfg.optimizer, schedule, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                            decay_bn_and_bias=cfg.decay_bn_and_bias, grad_clip_norm=cfg.grad_clip_norm or None)
-  abstract, state = steps.init_state(model, tx, cfg.seed, (1,) + spec.image_shape, mesh)
-  if center_loss_of(cfg) is not None:  # class centres c_j [C, D], D = the classifier's input width
-    dim = recipes.feature_dim(model, {"params": abstract.params, "batch_stats": abstract.batch_stats},
-                              (1,) + spec.image_shape)
-    centers = jax.device_put(recipes.init_centers(spec.num_classes, dim), steps.replicated(mesh))
-    state = state.replace(extra={"centers": centers})
-    abstract = abstract.replace(extra={"centers": jax.ShapeDtypeStruct(
-        centers.shape, centers.dtype, sharding=steps.replicated(mesh))})
-  return model, schedule, tx, abstract, state
+  """(task, abstract state, initial state) for ``cfg`` on ``mesh``."""
+  task = make_task(cfg, spec, schedule)
+  batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size,) + tuple(spec.image_shape), jnp.float32),
+           "label": jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32)}
+  abstract, state = task_lib.init_train_state(task, cfg.seed, batch, mesh)
+  return task, abstract, state
+
+
+def train_data(cfg: ClassifyConfig, spec: data_lib.DatasetSpec, train_source):
+  """The training batch iterator of ``cfg`` (grain, checkpointable)."""
+  augment = spec.default_augment if cfg.augment == "auto" else cfg.augment
+  return iter(data_lib.train_loader(train_source, global_batch_size=cfg.batch_size, seed=cfg.seed, augment=augment,
+                                    mean=spec.mean, std=spec.std, worker_count=cfg.data_workers))
 
 
 def prepare_data(cfg: ClassifyConfig):
@@ -297,95 +449,34 @@ def _class_subset(cfg: ClassifyConfig, spec, train_source, eval_source):
   return spec, train_source, eval_source
 
 
+def loop_config(cfg: ClassifyConfig, **overrides) -> loop_lib.LoopConfig:
+  return loop_lib.LoopConfig(
+      num_steps=cfg.num_steps, seed=cfg.seed, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+      keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every, progress_bar=cfg.progress_bar,
+      description=f"{cfg.model} on {cfg.dataset}", init_checkpoint=cfg.init_checkpoint, prefetch=cfg.prefetch,
+      **overrides)
+
+
 def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:
   """Trains ``cfg.model`` on ``cfg.dataset`` for ``cfg.num_steps`` steps; resumes from ``workdir``."""
   t_start = time.time()
   validate(cfg)
   spec, train_source, eval_source = prepare_data(cfg)
-  is_main = jax.process_index() == 0
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-  mesh = steps.make_mesh(mesh_devices(cfg))
-  model, schedule, tx, abstract, state = build(cfg, spec, mesh)
-  loss_fn = _loss_fn(cfg)
-
-  augment = spec.default_augment if cfg.augment == "auto" else cfg.augment
-  loader = data_lib.train_loader(train_source, global_batch_size=cfg.batch_size, seed=cfg.seed, augment=augment,
-                                 mean=spec.mean, std=spec.std, worker_count=cfg.data_workers)
-  data_iter = iter(loader)
-
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints)
-  start_step = 0
-  restored = checkpointer.restore_latest(abstract, data_iter)
-  if restored is not None:
-    state, start_step = restored
-    log.info("resumed from step %d in %s", start_step, workdir)
-  elif cfg.init_checkpoint:
-    loaded = ckpt_lib.load_params(cfg.init_checkpoint, {"params": abstract.params,
-                                                        "batch_stats": abstract.batch_stats})
-    state = state.replace(params=loaded["params"], batch_stats=loaded["batch_stats"])
-    log.info("initialised params from %s", cfg.init_checkpoint)
-  if is_main:
-    ckpt_lib.write_json_atomic(os.path.join(workdir, "config.json"), dataclasses.asdict(cfg))
-
-  step_fn = functools.partial(steps.train_step, model=model, tx=tx, loss_fn=loss_fn, schedule=schedule,
-                              center_loss=center_loss_of(cfg))
-  train_fn = steps.parallelize(step_fn, mesh)
-  # SENet: BN statistics frozen for the last --freeze_bn_last_steps steps (a second program, compiled on first use).
-  frozen_fn = steps.parallelize(functools.partial(step_fn, freeze_bn=True), mesh) if cfg.freeze_bn_last_steps else None
-  freeze_from = cfg.num_steps - cfg.freeze_bn_last_steps
-  eval_fn = steps.parallelize(functools.partial(steps.eval_step, model=model, loss_fn=loss_fn), mesh,
-                              donate_state=False, state_out=False)
+  mesh = task_lib.make_mesh(mesh_devices(cfg))
+  task = make_task(cfg, spec)
   eval_bs = cfg.eval_batch_size or cfg.batch_size
-  writer = metrics_lib.MetricWriter(workdir, resume_step=start_step)
-  bar = metrics_lib.progress(cfg.num_steps, start_step, desc=f"{cfg.model} on {cfg.dataset}",
-                             disable=None if cfg.progress_bar else True)
-  last_train: dict[str, float] = {}
-  eval_metrics: dict[str, float] | None = None
-  t_loop, steps_run = time.time(), 0
-  try:
-    for step in range(start_step, cfg.num_steps):
-      batch = steps.global_batch(next(data_iter), mesh)
-      state, m = (frozen_fn if frozen_fn is not None and step >= freeze_from else train_fn)(state, batch)
-      s, steps_run = step + 1, steps_run + 1
-      bar.update(1)
-      is_ckpt = s % cfg.checkpoint_every == 0 or s == cfg.num_steps
-      if s % cfg.log_every == 0 or is_ckpt:
-        last_train = metrics_lib.to_floats(m)
-        if not all(math.isfinite(v) for v in last_train.values()):
-          raise FloatingPointError(
-              f"non-finite training metrics at step {s}: {last_train}. Stopping before checkpointing; "
-              f"lower --learning_rate, add --warmup_steps or --grad_clip_norm. The last good checkpoint "
-              f"is kept in {checkpointer.directory}.")
-        last_train["steps_per_second"] = steps_run / max(time.time() - t_loop, 1e-9)
-        writer.write(s, last_train, "train/")
-        bar.set_postfix(loss=f"{last_train['loss']:.3f}", acc=f"{last_train['accuracy']:.3f}")
-      if s % cfg.eval_every == 0 or s == cfg.num_steps:
-        eval_metrics = _evaluate(eval_fn, state, eval_source, spec, eval_bs, mesh)
-        writer.write(s, eval_metrics, "eval/")
-        if is_main:
-          bar.write(f"step {s}: eval accuracy {eval_metrics['accuracy']:.4f} loss {eval_metrics['loss']:.4f}")
-      if is_ckpt:
-        checkpointer.save(s, state, data_iter)
-  finally:
-    bar.close()
-    checkpointer.close()
-    writer.close()
 
-  if eval_metrics is None:  # resumed a finished run: evaluate the restored state
-    eval_metrics = _evaluate(eval_fn, state, eval_source, spec, eval_bs, mesh)
-  final_loss = last_train.get("loss", _last_logged(workdir, "train/loss"))
-  results = {
-      "model": cfg.model, "dataset": cfg.dataset, "step": int(steps.host_value(state.step)),
-      "eval_accuracy": eval_metrics["accuracy"], "eval_loss": eval_metrics["loss"],
-      "eval_count": int(eval_metrics["count"]), "final_train_loss": final_loss,
-      "num_params": steps.num_params(state.params), "params_sha256": params_sha256(state.params),
-      "wall_seconds": time.time() - t_start, "resumed_from_step": start_step,
-      "steps_run": steps_run, "train_seconds": time.time() - t_loop,
-      "num_devices": mesh.devices.size, "num_processes": jax.process_count(),
-      "platform": jax.devices()[0].platform,
-      "effective_learning_rate": effective_learning_rate(cfg), "num_classes": spec.num_classes,
-  }
-  if is_main:
+  def eval_data():
+    return data_lib.eval_batches(eval_source, global_batch_size=eval_bs, mean=spec.mean, std=spec.std,
+                                 image_shape=spec.image_shape)
+
+  _, results = loop_lib.train(
+      task, train_data(cfg, spec, train_source), config=loop_config(cfg), mesh=mesh, workdir=workdir,
+      eval_data=eval_data, run_config=dataclasses.asdict(cfg),
+      results_extra={"model": cfg.model, "dataset": cfg.dataset,
+                     "effective_learning_rate": effective_learning_rate(cfg), "num_classes": spec.num_classes})
+  results["eval_count"] = int(results["eval_count"])
+  results["wall_seconds"] = time.time() - t_start
+  if jax.process_index() == 0:
     ckpt_lib.write_json_atomic(os.path.join(workdir, "results.json"), results)
   return results

@@ -11,24 +11,30 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 def _onehot(labels, num_classes, dtype=jnp.float32):
   return jax.nn.one_hot(labels, num_classes, dtype=dtype)
 
 
-def cross_entropy(logits, labels):
-  """-log softmax(logits)[y]."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+def cross_entropy(logits, labels, *, label_smoothing: float = 0.0, temperature: float = 1.0):
+  """Softmax cross-entropy ``-Σ_k q_k log softmax(logits / T)_k`` per example ``[B]``; ``q`` is the one-hot
+  label, smoothed to ``(1 - ε) onehot(y) + ε / C`` with ``label_smoothing = ε`` (Szegedy et al. 2016, §7).
+  The one cross-entropy of the codebase (classification, Task2Vec heads and probes, the recipes)."""
+  logits = logits.astype(jnp.float32)
+  if temperature != 1.0:
+    logits = logits / temperature
+  num_classes = logits.shape[-1]
+  q = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+  if label_smoothing:
+    q = q * (1.0 - label_smoothing) + label_smoothing / num_classes
+  return optax.softmax_cross_entropy(logits, q)
 
 
 def label_smoothing_cross_entropy(logits, labels, smoothing: float = 0.1):
   """Cross-entropy against q = (1 - eps) * onehot(y) + eps / C (Szegedy et al. 2016, §7)."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  c = logits.shape[-1]
-  q = (1.0 - smoothing) * _onehot(labels, c) + smoothing / c
-  return -jnp.sum(q * logp, axis=-1)
+  return cross_entropy(logits, labels, label_smoothing=smoothing)
 
 
 def temperature_softmax(logits, temperature: float = 1.0):
@@ -38,7 +44,7 @@ def temperature_softmax(logits, temperature: float = 1.0):
 
 def temperature_cross_entropy(logits, labels, temperature: float = 1.0):
   """Cross-entropy of ``temperature_softmax(logits, T)``."""
-  return cross_entropy(logits.astype(jnp.float32) / temperature, labels)
+  return cross_entropy(logits, labels, temperature=temperature)
 
 
 def multiclass_hinge(logits, labels, margin: float = 1.0, kind: str = "weston_watkins"):
@@ -77,14 +83,29 @@ def center_loss(features, labels, centers):
   return 0.5 * jnp.sum(jnp.square(diff), axis=-1)
 
 
-def update_centers(centers, features, labels, alpha: float = 0.5):
-  """Class-centre update (Wen et al., Eq. 4 and Alg. 1): c_j <- c_j - alpha * delta_c_j with
-  delta_c_j = sum_i [y_i = j] (c_j - x_i) / (1 + sum_i [y_i = j]). Centres are not updated by gradients."""
-  onehot = _onehot(labels, centers.shape[0])  # [B, C]
-  counts = jnp.sum(onehot, axis=0)  # [C]
-  sum_x = onehot.T @ features.astype(jnp.float32)  # [C, D]
-  delta = (counts[:, None] * centers - sum_x) / (1.0 + counts[:, None])
+def init_centers(num_classes: int, feature_dim: int) -> jnp.ndarray:
+  """Class centres c_j, initialised to zero (Wen et al. Alg. 1 leaves the initialisation open; zero is
+  the reference implementation's choice)."""
+  return jnp.zeros((num_classes, feature_dim), jnp.float32)
+
+
+def center_statistics(features, labels, num_classes: int):
+  """Per-class counts ``[C]`` and feature sums ``[C, D]`` of a (shard of a) minibatch; psum them across devices."""
+  onehot = _onehot(labels, num_classes)
+  return jnp.sum(onehot, axis=0), onehot.T @ features.astype(jnp.float32)
+
+
+def update_centers_from_statistics(centers, counts, sums, alpha: float):
+  """Wen et al. Eq. 4: Δc_j = Σ_i δ(y_i=j)(c_j − x_i) / (1 + Σ_i δ(y_i=j)); c_j ← c_j − α Δc_j, from the
+  (global) per-class ``counts`` and feature ``sums``."""
+  delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
   return centers - alpha * delta
+
+
+def update_centers(centers, features, labels, alpha: float = 0.5):
+  """Class-centre update (Wen et al., Eq. 4 and Alg. 1) on one minibatch. Centres get no gradients."""
+  counts, sums = center_statistics(features, labels, centers.shape[0])
+  return update_centers_from_statistics(centers, counts, sums, alpha)
 
 
 def softmax_center_loss(logits, labels, features, centers, lam: float = 0.003):

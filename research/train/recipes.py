@@ -5,13 +5,13 @@
   multiplied by k), gradual warmup (``optim.make_schedule(warmup_steps=..., warmup_init=...)``; Goyal et al.
   ramp from the small-batch LR, i.e. ``warmup_init = 1/k``), zero-init of the last BN γ of each residual
   block (``zero_init_residual_kwargs``), no weight decay on BN γ/β and biases (``optim.decay_mask``) and the
-  loss normalised by the global minibatch kn (``steps.train_step`` pmean-s per-device means of equal shards).
+  loss normalised by the global minibatch kn (the loop pmean-s per-device means of equal shards).
 * Freezing BatchNorm statistics for the last iterations (SENet, Hu et al. 2018, §6 / seed 003 §18.3: "the
   parameters (mean, variance) of all BN layers were frozen for the last few training epochs to ensure
   consistency between training and testing"): ``frozen_batch_norm`` makes every ``nn.BatchNorm`` normalise
   with its running statistics and leave them unchanged, while dropout etc. stay in training mode.
 * Center loss (Wen et al., "A Discriminative Feature Learning Approach for Deep Face Recognition", ECCV 2016):
-  ``CenterLoss`` holds λ (Eq. 5) and α (Eq. 4); the class centres live in ``TrainState.extra['centers']``
+  ``CenterLoss`` holds λ (Eq. 5) and α (Eq. 4); the class centres live in ``TrainState.model_state['centers']``
   (checkpointed with the rest) and are updated by Eq. 4 over the global minibatch, not by gradients. The
   features x_i are the classifier's input (the "deep features" of the paper), captured by ``capture_features``.
 * ``ClassSubsetSource``: the first K classes of a dataset (to fit experiments into a CPU budget).
@@ -27,6 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from research.train import losses
 
 LR_SCALINGS = ("none", "linear")
 
@@ -110,26 +112,10 @@ def capture_features(head_name: str = "head") -> Iterator[dict[str, Any]]:
     yield out
 
 
-def init_centers(num_classes: int, feature_dim: int) -> jnp.ndarray:
-  """Class centres c_j, initialised to zero (Wen et al. Alg. 1 leaves the initialisation open; zero is
-  the reference implementation's choice)."""
-  return jnp.zeros((num_classes, feature_dim), jnp.float32)
-
-
-def center_statistics(features: jnp.ndarray, labels: jnp.ndarray, num_classes: int) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Per-class counts ``[C]`` and feature sums ``[C, D]`` of a (shard of a) minibatch; psum them across devices."""
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-  return jnp.sum(onehot, axis=0), onehot.T @ features.astype(jnp.float32)
-
-
-def update_centers_from_statistics(centers: jnp.ndarray, counts: jnp.ndarray, sums: jnp.ndarray,
-                                   alpha: float) -> jnp.ndarray:
-  """Wen et al. Eq. 4: Δc_j = Σ_i δ(y_i=j)(c_j − x_i) / (1 + Σ_i δ(y_i=j)); c_j ← c_j − α Δc_j.
-
-  Equals ``losses.update_centers`` on the whole minibatch when ``counts``/``sums`` are its global sums.
-  """
-  delta = (counts[:, None] * centers - sums) / (1.0 + counts[:, None])
-  return centers - alpha * delta
+# The center-loss arithmetic lives in research.train.losses (one definition); re-exported for the recipes' users.
+init_centers = losses.init_centers
+center_statistics = losses.center_statistics
+update_centers_from_statistics = losses.update_centers_from_statistics
 
 
 def feature_dim(model: nn.Module, variables: Any, input_shape: tuple[int, ...], head_name: str = "head") -> int:
