@@ -450,11 +450,12 @@ def _class_subset(cfg: ClassifyConfig, spec, train_source, eval_source):
 
 
 def loop_config(cfg: ClassifyConfig, **overrides) -> loop_lib.LoopConfig:
-  return loop_lib.LoopConfig(
-      num_steps=cfg.num_steps, seed=cfg.seed, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-      keep_checkpoints=cfg.keep_checkpoints, log_every=cfg.log_every, progress_bar=cfg.progress_bar,
-      description=f"{cfg.model} on {cfg.dataset}", init_checkpoint=cfg.init_checkpoint, prefetch=cfg.prefetch,
-      **overrides)
+  """The loop settings of ``cfg`` (``overrides`` replace fields, e.g. ``checkpoint_every=0``)."""
+  fields = dict(num_steps=cfg.num_steps, seed=cfg.seed, eval_every=cfg.eval_every,
+                checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+                log_every=cfg.log_every, progress_bar=cfg.progress_bar, description=f"{cfg.model} on {cfg.dataset}",
+                init_checkpoint=cfg.init_checkpoint, prefetch=cfg.prefetch)
+  return loop_lib.LoopConfig(**{**fields, **overrides})
 
 
 def train_and_evaluate(cfg: ClassifyConfig, workdir: str) -> dict[str, Any]:

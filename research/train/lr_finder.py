@@ -20,7 +20,6 @@ negative slope of the smoothed loss in log-LR before the minimum) is reported as
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import time
@@ -125,39 +124,57 @@ def analyse(lrs: np.ndarray, losses: np.ndarray, *, window: int = 9, divisor: fl
                        cut_lr=None if cut is None else float(lrs[cut]))
 
 
+class RangeRecorder:
+  """Records the training loss of each step of a range test and decides when to stop: when the loss is not
+  finite, when its bias-corrected EMA exceeds ``diverge_factor`` times its running minimum, or ``3 * window``
+  steps after the EMA first blew up (``blow_up_index``; the extra steps show the rise in the plot)."""
+
+  def __init__(self, num_steps: int, *, beta: float = 0.9, diverge_factor: float = 4.0, window: int = 9,
+               giveback: float = 0.5):
+    self.num_steps, self.beta, self.diverge_factor, self.window, self.giveback = (
+        num_steps, beta, diverge_factor, window, giveback)
+    self.losses: list[float] = []
+    self.stopped = False
+    self._emas: list[float] = []
+    self._avg, self._best, self._blown = 0.0, math.inf, None
+
+  def __call__(self, loss: float) -> bool:
+    """Records one step's loss; True = stop now."""
+    i = len(self.losses)
+    loss = float(loss)
+    self.losses.append(loss)
+    if not math.isfinite(loss):
+      self.stopped = True
+      return True
+    self._avg = self.beta * self._avg + (1 - self.beta) * loss
+    smooth = self._avg / (1 - self.beta ** (i + 1))
+    self._best = min(self._best, smooth)
+    self._emas.append(smooth)
+    if i > self.window and smooth > self.diverge_factor * self._best:
+      self.stopped = True
+      return True
+    if self._blown is None and i > self.window:
+      self._blown = blow_up_index(np.asarray(self._emas), self.giveback)
+    if self._blown is not None and i >= self._blown + 3 * self.window and i < self.num_steps - 1:
+      self.stopped = True
+      return True
+    return False
+
+
 def run_range_test(step_fn: Callable[[Any, Any], tuple[Any, float]], state: Any, batches: Iterable[Any],
                    lrs: np.ndarray, *, beta: float = 0.9, diverge_factor: float = 4.0, window: int = 9,
                    divisor: float = 3.0, giveback: float = 0.5) -> LRRangeResult:
   """Runs ``state, loss = step_fn(state, batch)`` once per entry of ``lrs`` (the LR the step applies; the
-  caller's optimizer follows ``exponential_schedule``) and analyses the losses. Stops early when the loss is
-  not finite, when its EMA exceeds ``diverge_factor`` times its running minimum, or ``3 * window`` steps after
-  the EMA first blew up (``blow_up_index``; the extra steps show the rise in the plot)."""
+  caller's optimizer follows ``exponential_schedule``) until ``RangeRecorder`` stops, and analyses the losses."""
   t0 = time.time()
-  losses: list[float] = []
-  emas: list[float] = []
-  avg, best, stopped, blown = 0.0, math.inf, False, None
+  rec = RangeRecorder(len(lrs), beta=beta, diverge_factor=diverge_factor, window=window, giveback=giveback)
   it = iter(batches)
-  for i in range(len(lrs)):
+  for _ in range(len(lrs)):
     state, loss = step_fn(state, next(it))
-    loss = float(loss)
-    losses.append(loss)
-    if not math.isfinite(loss):
-      stopped = True
+    if rec(loss):
       break
-    avg = beta * avg + (1 - beta) * loss
-    smooth = avg / (1 - beta ** (i + 1))
-    best = min(best, smooth)
-    emas.append(smooth)
-    if i > window and smooth > diverge_factor * best:
-      stopped = True
-      break
-    if blown is None and i > window:
-      blown = blow_up_index(np.asarray(emas), giveback)
-    if blown is not None and i >= blown + 3 * window and i < len(lrs) - 1:
-      stopped = True
-      break
-  result = analyse(np.asarray(lrs[: len(losses)]), np.asarray(losses), window=window, divisor=divisor,
-                   giveback=giveback, stopped_early=stopped)
+  result = analyse(np.asarray(lrs[: len(rec.losses)]), np.asarray(rec.losses), window=window, divisor=divisor,
+                   giveback=giveback, stopped_early=rec.stopped)
   result.seconds = time.time() - t0
   return result
 
@@ -190,29 +207,26 @@ def plot(result: LRRangeResult, path: str, title: str = "LR range test") -> None
 def classify_range_test(cfg, *, min_lr: float = 1e-3, max_lr: float = 10.0, num_steps: int = 100,
                         beta: float = 0.9, diverge_factor: float = 4.0, window: int = 9,
                         divisor: float = 3.0) -> LRRangeResult:
-  """Range test of ``cfg``'s model/data/optimizer (``research.train.classify.ClassifyConfig``); its
-  ``learning_rate``, ``schedule`` and ``num_steps`` are replaced by the exponential ramp."""
-  from research import data as data_lib
-  from research.train import classify, steps
+  """Range test of ``cfg``'s model/data/optimizer (``research.train.classify.ClassifyConfig``) on the training
+  loop; its ``learning_rate``, ``schedule`` and ``num_steps`` are replaced by the exponential ramp."""
+  from research.train import classify, loop
+  from research.train import task as task_lib
   cfg = dataclasses.replace(cfg, num_steps=num_steps, schedule="constant", warmup_steps=0, learning_rate=max_lr,
                             lr_scaling="none", freeze_bn_last_steps=0)
   classify.validate(cfg)
   spec, train_source, _ = classify.prepare_data(cfg)
-  mesh = steps.make_mesh(classify.mesh_devices(cfg))
-  schedule = exponential_schedule(min_lr, max_lr, num_steps)
-  model, _, tx, _, state = classify.build(cfg, spec, mesh, schedule=schedule)
-  augment = spec.default_augment if cfg.augment == "auto" else cfg.augment
-  loader = data_lib.train_loader(train_source, global_batch_size=cfg.batch_size, seed=cfg.seed, augment=augment,
-                                 mean=spec.mean, std=spec.std, worker_count=cfg.data_workers)
-  train_fn = steps.parallelize(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=classify._loss_fn(cfg),
-                                                 center_loss=classify.center_loss_of(cfg)), mesh)
-
-  def step_fn(state, batch):
-    state, m = train_fn(state, steps.global_batch(batch, mesh))
-    return state, m["loss"]
-
-  return run_range_test(step_fn, state, iter(loader), exponential_lrs(min_lr, max_lr, num_steps), beta=beta,
-                        diverge_factor=diverge_factor, window=window, divisor=divisor)
+  mesh = task_lib.make_mesh(classify.mesh_devices(cfg))
+  task = classify.make_task(cfg, spec, schedule=exponential_schedule(min_lr, max_lr, num_steps))
+  rec = RangeRecorder(num_steps, beta=beta, diverge_factor=diverge_factor, window=window)
+  t0 = time.time()
+  loop.train(task, classify.train_data(cfg, spec, train_source), mesh=mesh, workdir=None,
+             config=classify.loop_config(cfg, checkpoint_every=0, eval_every=0, halt_on_nonfinite=False,
+                                         progress_bar=False),
+             on_step=lambda step, metrics: rec(metrics["loss"]))
+  result = analyse(exponential_lrs(min_lr, max_lr, num_steps)[: len(rec.losses)], np.asarray(rec.losses),
+                   window=window, divisor=divisor, stopped_early=rec.stopped)
+  result.seconds = time.time() - t0
+  return result
 
 
 def write_json(result: LRRangeResult, path: str) -> None:

@@ -36,7 +36,7 @@ import optax
 from jax import lax
 
 from research.train import metrics as metrics_lib
-from research.train import steps
+from research.train import losses, steps
 
 METHODS = ("montecarlo", "variational")
 ESTIMATORS = ("per_example", "batch")
@@ -137,7 +137,7 @@ def _fit_head(key, feats, labels, weights, class_mask, num_steps, *, batch_size,
 
   def loss_fn(h, x, y):
     logits = x @ h["kernel"] + h["bias"] + jnp.where(class_mask > 0, 0.0, NEG)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    return jnp.mean(losses.cross_entropy(logits, y))
 
   def body(t, carry):
     h, opt = carry
@@ -225,7 +225,7 @@ def _mc_step(state, batch, *, logits_fn, estimator, global_batch):
   def ce(e, x, k):  # x [b,...]; labels sampled from the model's own predictive distribution
     logits = logits_fn(e, p["rest"], p["batch_stats"], p["head"], p["class_mask"], x)
     y = jax.vmap(jax.random.categorical)(k, lax.stop_gradient(logits))
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return losses.cross_entropy(logits, y)
 
   if estimator == "per_example":
     def one(x, k):
@@ -304,7 +304,7 @@ def _var_step(state, batch, *, apply_tail, tx, beta, global_batch):
   def ce_fn(vp):  # this shard's share of the global-batch mean CE
     logits = _variational_logits(apply_tail, vp["logvar"], key, p["emb"], p["rest"], p["batch_stats"],
                                  p["head"], p["class_mask"], batch["x"])
-    return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]) * batch["mask"]) / count
+    return jnp.sum(losses.cross_entropy(logits, batch["y"]) * batch["mask"]) / count
 
   ce, g_ce = jax.value_and_grad(ce_fn)(_varying(state["vp"]))
   g_ce, ce = lax.psum((g_ce, ce), steps.DATA_AXIS)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -29,7 +28,10 @@ from research.data import normalize, random_crop_flip
 from research.models.cifar_resnet import PreActResNet
 from research.train import checkpoint as ckpt_lib
 from research.train import metrics as metrics_lib
-from research.train import optim, steps
+from research.data.memory import ArrayBatches
+from research.train import loop as loop_lib
+from research.train import losses, optim, steps
+from research.train.classify import ClassificationTask
 
 _CIFAR_RESNET = re.compile(r"cifar_resnet(18|34)_w(\d+)")
 _STAGES = {"18": (2, 2, 2, 2), "34": (3, 4, 6, 3)}
@@ -179,10 +181,10 @@ class ProbeTrainConfig:
 
 def train_probe(cfg: ProbeTrainConfig, images: np.ndarray, labels: np.ndarray, num_classes: int, mean, std,
                 workdir: str, *, progress: bool = True) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-  """Trains (or resumes / reuses) the probe in ``workdir``; returns (module, variables, info).
+  """Trains (or resumes / reuses) the probe in ``workdir`` on the training loop; returns (module, variables, info).
 
-  The batch at step s depends only on (seed, s), so a resumed run sees the same batches. A finished checkpoint
-  with the same config is reused without training."""
+  The batch at step s depends only on (seed, s) (``ArrayBatches``), so a resumed run sees the same batches. A
+  finished checkpoint with the same config is reused without training."""
   os.makedirs(workdir, exist_ok=True)
   meta_path = os.path.join(workdir, "probe.json")
   cfg_dict = dataclasses.asdict(cfg) | {"num_classes": int(num_classes), "num_images": int(len(images))}
@@ -198,53 +200,43 @@ def train_probe(cfg: ProbeTrainConfig, images: np.ndarray, labels: np.ndarray, n
   if len(images) < cfg.batch_size:
     raise ValueError(f"the source task has {len(images)} images, fewer than one probe batch ({cfg.batch_size})")
   module = make_probe(cfg.probe, num_classes)
-  mesh = steps.make_mesh()
-  schedule = optim.make_schedule("cosine", cfg.learning_rate, cfg.num_steps, warmup_steps=min(cfg.warmup_steps, cfg.num_steps // 5))
+  schedule = optim.make_schedule("cosine", cfg.learning_rate, cfg.num_steps,
+                                 warmup_steps=min(cfg.warmup_steps, cfg.num_steps // 5))
   tx = optim.make_optimizer("nesterov", schedule, weight_decay=cfg.weight_decay)
-  abstract, state = steps.init_state(module, tx, cfg.seed, (1,) + images.shape[1:], mesh)
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1)
+  task = ClassificationTask(model=module, tx=tx, loss_fn=losses.cross_entropy, image_shape=tuple(images.shape[1:]),
+                            num_classes=num_classes, schedule=schedule)
+
+  def augment(batch, rng):
+    x = batch["image"]
+    if cfg.augment != "none":
+      x = np.stack([random_crop_flip(im, rng, flip=cfg.augment == "crop_flip") for im in x])
+    return {"image": normalize(x, mean, std), "label": batch["label"].astype(np.int32)}
+
+  data = ArrayBatches({"image": images, "label": labels}, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                      transform=augment)
+  loop_cfg = loop_lib.LoopConfig(num_steps=cfg.num_steps, seed=cfg.seed, log_every=25, checkpoint_every=100,
+                                 keep_checkpoints=1, progress_bar=progress,
+                                 description=f"train probe {cfg.probe} ({cfg.label} labels)")
   try:
-    restored = checkpointer.restore_latest(abstract)
+    state, res = loop_lib.train(task, data, config=loop_cfg, mesh=steps.make_mesh(), workdir=workdir,
+                                run_config=cfg_dict)
   except RuntimeError as e:  # every checkpoint unreadable (e.g. written by an older TrainState layout)
-    checkpointer.close()
     raise ValueError(f"the probe checkpoint in {workdir} cannot be restored ({e}); delete {workdir} or use "
                      f"another --workdir to retrain the probe") from None
-  start = 0
-  if restored is not None:
-    state, start = restored
-  ckpt_lib.write_json_atomic(meta_path, {"config": cfg_dict, "finished": start >= cfg.num_steps})
-  train_fn = steps.parallelize(functools.partial(steps.train_step, model=module, tx=tx,
-                                                 loss_fn=steps.cross_entropy, schedule=schedule), mesh)
-  bar = metrics_lib.progress(cfg.num_steps, start, desc=f"train probe {cfg.probe} ({cfg.label} labels)",
-                             disable=None if progress else True)
-  last = {}
-  try:
-    for step in range(start, cfg.num_steps):
-      rng = np.random.default_rng([cfg.seed, step])
-      idx = rng.integers(0, len(images), cfg.batch_size)
-      batch = images[idx]
-      if cfg.augment != "none":
-        batch = np.stack([random_crop_flip(im, rng, flip=cfg.augment == "crop_flip") for im in batch])
-      state, m = train_fn(state, steps.global_batch(
-          {"image": normalize(batch, mean, std), "label": labels[idx].astype(np.int32)}, mesh))
-      bar.update(1)
-      s = step + 1
-      if s % 25 == 0 or s == cfg.num_steps:
-        last = metrics_lib.to_floats(m)
-        if not np.isfinite(last["loss"]):
-          raise FloatingPointError(f"probe training diverged at step {s} (loss {last['loss']}); lower the "
-                                   f"probe learning rate")
-        bar.set_postfix(loss=f"{last['loss']:.3f}", acc=f"{last['accuracy']:.3f}")
-      if s % 100 == 0 or s == cfg.num_steps:
-        checkpointer.save(s, state)
-  finally:
-    bar.close()
-    checkpointer.close()
-  final = {"final_train_loss": last.get("loss", old.get("final_train_loss")),
-           "final_train_accuracy": last.get("accuracy", old.get("final_train_accuracy"))}
+  trained = res["steps_run"] > 0
+  final = {"final_train_loss": res["final_train_loss"] if trained else old.get("final_train_loss"),
+           "final_train_accuracy": (_last_logged_accuracy(workdir) if trained else old.get("final_train_accuracy"))}
   ckpt_lib.write_json_atomic(meta_path, {"config": cfg_dict, "finished": True, **final})
   variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
-  return module, variables, {"resumed_from_step": start, "trained_steps": cfg.num_steps - start, **final}
+  return module, variables, {"resumed_from_step": res["resumed_from_step"], "trained_steps": res["steps_run"],
+                             **final}
+
+
+def _last_logged_accuracy(workdir: str) -> float | None:
+  value = None
+  for row in metrics_lib.read_metrics(workdir):
+    value = row.get("train/accuracy", value)
+  return value
 
 
 def load_probe(name: str, path: str, num_classes: int = 1) -> tuple[nn.Module, dict[str, Any]]:

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import jax
@@ -21,7 +20,9 @@ import numpy as np
 
 from research.methods.task2vec import distances as dist_lib
 from research.methods.task2vec.fisher import Embedding, HeadConfig, fit_head, head_error
-from research.train import optim, steps
+from research.data.memory import ArrayBatches
+from research.train import loop, losses, optim, steps
+from research.train.classify import ClassificationTask
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +34,8 @@ class ExpertConfig:
 
 
 class ExpertTrainer:
-  """Fine-tunes the probe tail + a ``num_classes_pad``-way head on cached stage inputs (one jitted step)."""
+  """Fine-tunes the probe tail + a ``num_classes_pad``-way head on cached stage inputs, on the training loop
+  (one task object, so one compiled step for every expert)."""
 
   def __init__(self, probe_module, start_stage: int, num_classes_pad: int, cfg: ExpertConfig = ExpertConfig(),
                mesh=None):
@@ -46,8 +48,8 @@ class ExpertTrainer:
     self.feature_model = probe_module.clone(start_stage=start_stage, features_only=True)
     schedule = optim.make_schedule("cosine", cfg.learning_rate, cfg.num_steps)
     self.tx = optim.make_optimizer("nesterov", schedule, weight_decay=cfg.weight_decay)
-    self._step = steps.parallelize(functools.partial(steps.train_step, model=self.model, tx=self.tx,
-                                                     loss_fn=steps.cross_entropy), self.mesh)
+    self._task = None
+    self._num_classes = num_classes_pad
     self._features = jax.jit(lambda v, x: self.feature_model.apply(v, x, train=False)["pooled"])
 
   def train(self, seed: int, tail_variables: dict, inputs: np.ndarray, labels: np.ndarray,
@@ -56,18 +58,23 @@ class ExpertTrainer:
     cfg = self.cfg
     if len(inputs) < cfg.batch_size:
       raise ValueError(f"expert source task has {len(inputs)} samples, fewer than one batch ({cfg.batch_size})")
+    if self._task is None:
+      self._task = ClassificationTask(model=self.model, tx=self.tx, loss_fn=losses.cross_entropy,
+                                      image_shape=tuple(inputs.shape[1:]), num_classes=self._num_classes)
     x0 = jnp.zeros((1,) + inputs.shape[1:], jnp.float32)
     init = jax.jit(lambda k: self.model.init(k, x0, train=False))(jax.random.PRNGKey(seed))
     params = {**tail_variables["params"], "head": init["params"]["head"]}
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             batch_stats=tail_variables.get("batch_stats", {}), opt_state=self.tx.init(params),
-                             rng=jax.random.PRNGKey(seed))
-    state = jax.device_put(state, steps.replicated(self.mesh))
-    for s in range(cfg.num_steps):
-      idx = np.random.default_rng([seed, s]).integers(0, len(inputs), cfg.batch_size)
-      state, _ = self._step(state, steps.global_batch({"image": inputs[idx], "label": labels[idx]}, self.mesh))
+    variables = (params, {"batch_stats": tail_variables.get("batch_stats", {})})
+    data = ArrayBatches({"image": inputs, "label": labels}, global_batch_size=cfg.batch_size, seed=seed)
+
+    def on_step(step, metrics):
       if progress_bar is not None:
         progress_bar.update(1)
+      return False
+
+    state, _ = loop.train(self._task, data, mesh=self.mesh, workdir=None, variables=variables, on_step=on_step,
+                          config=loop.LoopConfig(num_steps=cfg.num_steps, seed=seed, checkpoint_every=0,
+                                                 log_every=cfg.num_steps, progress_bar=False))
     return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
 
   def features(self, variables: dict, inputs: np.ndarray, batch_size: int = 500) -> np.ndarray:
