@@ -6,20 +6,31 @@
 * ``train_loader(...)``: infinite, seeded shuffle, per-process rows of each global batch
   (``GlobalBatchSliceSampler``: the same global batches for any process count), augmentation,
   batching; a ``grain.DataLoader`` whose iterator state is checkpointable (``get_state``/``set_state``).
-* ``eval_batches(...)``: one deterministic pass, padded to full global batches with a ``mask``.
+* ``eval_batches(...)``: one deterministic pass, padded to full global batches with a ``mask`` (and the same
+  values as ``valid``).
 * ``load_arrays(...)``: a whole split as numpy arrays (Task2Vec builds its task suites from these).
+
+Any other task (detection, segmentation, pose, sequences, graphs) uses the generic pair, which takes any TFDS
+feature dict through a user ``transform`` to fixed-shape numpy arrays (``research.data.transforms`` has the
+geometric augmentations and padding helpers):
+
+* ``make_train_loader(source, global_batch_size=, seed=, transform=)``: the same sample stream as
+  ``train_loader``; ``transform(example, rng) -> dict[str, np.ndarray]``; checkpointable iterator.
+* ``make_eval_batches(source, global_batch_size=, transform=)``: one pass, zero-padded rows, ``valid`` key.
+* ``get_info(name, data_dir)``: features, shapes, dtypes and split sizes of any dataset (no 'label' needed).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
 from research.data import shapes_render
@@ -34,21 +45,45 @@ class DatasetSpec:
   name: str
   num_classes: int
   num_coarse_classes: int | None
-  image_shape: tuple[int, int, int]
+  image_shape: tuple[int, int, int]  # (H, W, C); any C (1 for grayscale) and H != W are fine
   num_train: int
   num_test: int
-  mean: tuple[float, float, float]
-  std: tuple[float, float, float]
+  mean: tuple[float, ...]  # one entry per image channel
+  std: tuple[float, ...]
   default_augment: str
   eval_split: str
 
 
-# Per-channel statistics (of [0,1] pixels) and default augmentation. Unknown datasets use 0.5 / 0.25.
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What generic (non-classification) code needs to know about a dataset: no 'image' or 'label' required."""
+  name: str
+  features: Any  # the tfds.features.FeaturesDict (decoding, class names, ...)
+  shapes: dict  # feature -> shape (nested like the features; None for variable sizes)
+  dtypes: dict  # feature -> numpy dtype (nested like the features)
+  splits: dict[str, int]  # split -> number of examples
+  eval_split: str | None  # 'test', else 'validation', else None
+
+
+# Per-channel statistics (of [0,1] pixels) and default augmentation. Unknown datasets use 0.5 / 0.25 per channel.
 _STATS = {
     "shapes": ((0.502, 0.494, 0.500), (0.296, 0.294, 0.295), "crop"),  # flips change shape classes
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "crop_flip"),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"),
+    "mnist": ((0.1307,), (0.3081,), "crop"),  # mirrored digits are other glyphs
+    "fashion_mnist": ((0.2860,), (0.3530,), "crop_flip"),
 }
+
+
+def image_stats(name: str, channels: int) -> tuple[tuple[float, ...], tuple[float, ...], str]:
+  """``(mean, std, default_augment)`` with one mean/std entry per channel (unknown: 0.5 / 0.25, crop_flip)."""
+  if name in _STATS:
+    mean, std, aug = _STATS[name]
+    if len(mean) != channels:
+      raise ValueError(f"dataset {name!r}: known statistics are for {len(mean)} channels, its images have "
+                       f"{channels}")
+    return mean, std, aug
+  return (0.5,) * channels, (0.25,) * channels, "crop_flip"
 
 
 def default_data_dir() -> str:
@@ -58,10 +93,7 @@ def default_data_dir() -> str:
 def _builder(name: str, data_dir: str | None):
   data_dir = data_dir or default_data_dir()
   if name in PROCEDURAL:
-    builder = PROCEDURAL[name](data_dir=data_dir)
-    if not builder.is_prepared():
-      builder.download_and_prepare(file_format="array_record")
-    return builder
+    return _procedural_builder(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # unknown name or unreadable directory
@@ -73,6 +105,29 @@ def _builder(name: str, data_dir: str | None):
         f"--dataset={name!r} is not prepared in --data_dir={data_dir!r}. Nothing can be downloaded here: "
         f"prepare it on a machine with network access with `tfds build {name} --file_format=array_record "
         f"--data_dir=DIR` and pass --data_dir=DIR.")
+  return builder
+
+
+def _procedural_builder(name: str, data_dir: str):
+  """Builds a procedural dataset on first use. With several JAX processes this is a collective: process 0
+  builds while the others wait at a barrier, then they open it (``data_dir`` must be shared by the processes)."""
+  builder = PROCEDURAL[name](data_dir=data_dir)
+  if jax.process_count() == 1:
+    if not builder.is_prepared():
+      builder.download_and_prepare(file_format="array_record")
+    return builder
+  # Every process reaches the barrier, prepared or not: a process that found the files ready and skipped it
+  # would leave the others waiting forever.
+  if jax.process_index() == 0 and not builder.is_prepared():
+    builder.download_and_prepare(file_format="array_record")
+  multihost_utils.sync_global_devices(f"research.data: build {name} in {data_dir}")
+  if jax.process_index() != 0:
+    builder = PROCEDURAL[name](data_dir=data_dir)  # re-read: process 0 has written it meanwhile
+    if not builder.is_prepared():
+      raise ValueError(
+          f"process {jax.process_index()} cannot see the {name!r} dataset that process 0 built in "
+          f"--data_dir={data_dir!r}: use a data_dir shared by all processes, or build it on every host first "
+          f"(one process per host: research.data.get_spec({name!r}, DIR)).")
   return builder
 
 
@@ -99,14 +154,23 @@ def get_source(name: str, split: str, data_dir: str | None = None):
         f"`tfds build {name} --file_format=array_record`.") from None
 
 
+def get_info(name: str, data_dir: str | None = None) -> DataInfo:
+  """Features, their shapes/dtypes and the split sizes of any dataset (procedural ones are built first)."""
+  builder = _builder(name, data_dir)
+  features = builder.info.features
+  sizes = _split_sizes(builder)
+  return DataInfo(name=name, features=features, shapes=features.shape, dtypes=features.np_dtype,
+                  splits=sizes, eval_split=next((s for s in ("test", "validation") if s in sizes), None))
+
+
 def get_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
+  """Classification view of a dataset: needs fixed-shape 'image' [H,W,C] and a ClassLabel 'label'."""
   builder = _builder(name, data_dir)
   info = builder.info
   features = info.features
   if "image" not in features or "label" not in features:
     raise ValueError(f"dataset {name!r} needs 'image' and 'label' features; it has {sorted(features)}")
   coarse = features["coarse_label"].num_classes if "coarse_label" in features else None
-  mean, std, aug = _STATS.get(name, ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "crop_flip"))
   sizes = _split_sizes(builder)
   if "train" not in sizes:
     raise ValueError(f"dataset {name!r} has no 'train' split (splits: {sorted(sizes)})")
@@ -114,6 +178,9 @@ def get_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
   shape = tuple(features["image"].shape)
   if None in shape:
     raise ValueError(f"dataset {name!r} has variable image shape {shape}; resize it before classification")
+  if len(shape) != 3:
+    raise ValueError(f"dataset {name!r}: 'image' has shape {shape}, expected [H, W, C]")
+  mean, std, aug = image_stats(name, shape[-1])
   return DatasetSpec(name=name, num_classes=features["label"].num_classes, num_coarse_classes=coarse,
                      image_shape=shape, num_train=sizes["train"], num_test=sizes[eval_split], mean=mean, std=std,
                      default_augment=aug, eval_split=eval_split)
@@ -133,15 +200,21 @@ def _split_sizes(builder) -> dict[str, int]:
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-  """uint8 ``[..., H, W, C]`` -> float32, per-channel standardised."""
+  """uint8 ``[..., H, W, C]`` -> float32, per-channel standardised (``mean``/``std``: C entries, or scalars)."""
+  mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
+  c = images.shape[-1] if images.ndim else 1
+  for v, what in ((mean, "mean"), (std, "std")):
+    if v.ndim and v.shape[-1] not in (1, c):
+      raise ValueError(f"normalize: {what} has {v.shape[-1]} entries but the images have {c} channels "
+                       f"(shape {images.shape})")
   x = images.astype(np.float32) / 255.0
-  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+  return (x - mean) / std
 
 
 def random_crop_flip(image: np.ndarray, rng: np.random.Generator, *, pad: int = 4, flip: bool = True) -> np.ndarray:
-  """Zero-pad by ``pad`` then random crop back to the input size; random horizontal flip."""
+  """Zero-pad by ``pad`` then random crop back to the input size; random horizontal flip. ``[H, W, ...]``."""
   h, w = image.shape[:2]
-  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  padded = np.pad(image, ((pad, pad), (pad, pad)) + ((0, 0),) * (image.ndim - 2))
   dy, dx = rng.integers(0, 2 * pad + 1, size=2)
   out = padded[dy:dy + h, dx:dx + w]
   if flip and rng.random() < 0.5:
@@ -149,15 +222,51 @@ def random_crop_flip(image: np.ndarray, rng: np.random.Generator, *, pad: int = 
   return out
 
 
-class _Augment(grain.transforms.RandomMap):
+class ClassifyTransform:
+  """The classification transform of ``train_loader``: ``{'image': f32 [H,W,C] normalised, 'label': i32}``."""
+
   def __init__(self, augment: str, mean, std):
+    if augment not in AUGMENTATIONS:
+      raise ValueError(f"augment={augment!r}; choose one of {AUGMENTATIONS}")
     self.augment, self.mean, self.std = augment, mean, std
 
-  def random_map(self, element, rng: np.random.Generator):
+  def __call__(self, element, rng: np.random.Generator):
     image = element["image"]
     if self.augment != "none":
       image = random_crop_flip(image, rng, flip=self.augment == "crop_flip")
     return {"image": normalize(image, self.mean, self.std), "label": np.int32(element["label"])}
+
+
+class _TransformMap(grain.transforms.RandomMap):
+  """Applies ``transform(example, rng)`` and checks that every feature keeps one shape (so it can be batched)."""
+
+  def __init__(self, transform: Callable[[Any, np.random.Generator], Mapping[str, np.ndarray]]):
+    self.transform = transform
+    self._shapes = None
+
+  def random_map(self, element, rng: np.random.Generator):
+    out = self.transform(element, rng)
+    self._shapes = _check_features(out, self._shapes, "transform")
+    return out
+
+
+def _check_features(out, shapes: dict | None, what: str) -> dict:
+  """``{feature: shape}`` of ``out`` (a flat dict of arrays), checked against ``shapes`` of earlier examples."""
+  if not isinstance(out, Mapping):
+    raise ValueError(f"the {what} must return a dict of numpy arrays, got {type(out).__name__}")
+  nested = [k for k, v in out.items() if isinstance(v, Mapping)]
+  if nested:
+    raise ValueError(f"the {what} must return a FLAT dict of arrays; {nested[0]!r} holds a dict")
+  now = {k: np.shape(v) for k, v in out.items()}
+  if shapes is not None and now != shapes:
+    if set(now) != set(shapes):
+      raise ValueError(f"the {what} returned features {sorted(now)}, earlier examples had {sorted(shapes)}")
+    k = next(k for k in now if now[k] != shapes[k])
+    raise ValueError(
+        f"the {what} returned feature {k!r} with shape {now[k]}, earlier examples had {shapes[k]}: every "
+        f"feature needs one fixed shape to be batched; pad variable-size features (research.data.pad_to, "
+        f"research.data.transforms.pad_instances)")
+  return now
 
 
 def _check_batch(global_batch_size: int) -> int:
@@ -173,8 +282,23 @@ def _check_batch(global_batch_size: int) -> int:
 def train_loader(source, *, global_batch_size: int, seed: int, augment: str, mean, std,
                  worker_count: int = 0) -> grain.DataLoader:
   """Infinite shuffled, augmented, per-process batches ``{'image': f32 [b,H,W,C], 'label': i32 [b]}``."""
-  if augment not in AUGMENTATIONS:
-    raise ValueError(f"augment={augment!r}; choose one of {AUGMENTATIONS}")
+  transform = ClassifyTransform(augment, mean, std)
+  return make_train_loader(source, global_batch_size=global_batch_size, seed=seed, transform=transform,
+                           worker_count=worker_count)
+
+
+def make_train_loader(source, *, global_batch_size: int, seed: int,
+                      transform: Callable[[Any, np.random.Generator], Mapping[str, np.ndarray]],
+                      worker_count: int = 0) -> grain.DataLoader:
+  """Infinite shuffled per-process batches of ``transform(example, rng)`` (any TFDS feature dict).
+
+  ``transform`` maps a decoded example to a flat dict of FIXED-shape numpy arrays (pad variable-size
+  features with ``research.data.pad_to`` / ``transforms.pad_instances``); ``rng`` is a ``np.random.Generator``
+  keyed by the example's place in the global stream (so augmentation does not depend on the process count).
+  Batches are ``{feature: stacked [b, ...]}`` with ``b = global_batch_size / process_count``, rows of the same
+  global stream as ``train_loader`` (``GlobalBatchSliceSampler``). The iterator of the returned
+  ``grain.DataLoader`` has ``get_state``/``set_state``. With ``worker_count > 0`` the transform must pickle.
+  """
   local_batch = _check_batch(global_batch_size)
   if len(source) < global_batch_size:
     raise ValueError(f"the training split has {len(source)} examples, fewer than one batch "
@@ -185,7 +309,7 @@ def train_loader(source, *, global_batch_size: int, seed: int, augment: str, mea
       global_batch_size=global_batch_size, process_index=jax.process_index(), process_count=jax.process_count())
   return grain.DataLoader(
       data_source=source, sampler=sampler,
-      operations=[_Augment(augment, mean, std), grain.transforms.Batch(local_batch, drop_remainder=True)],
+      operations=[_TransformMap(transform), grain.transforms.Batch(local_batch, drop_remainder=True)],
       worker_count=worker_count, shard_options=grain.sharding.NoSharding())
 
 
@@ -228,7 +352,10 @@ class GlobalBatchSliceSampler:
 
 def eval_batches(source, *, global_batch_size: int, mean, std, image_shape: tuple[int, int, int],
                  label_key: str = "label") -> Iterator[dict[str, np.ndarray]]:
-  """One pass in order; each global batch padded to size, this process's rows, with ``mask`` (1 = real)."""
+  """One pass in order; each global batch padded to size, this process's rows, with ``mask`` (1 = real).
+
+  ``valid`` holds the same values as ``mask`` (the key of ``make_eval_batches``; ``mask`` is kept for now).
+  Padding rows hold normalised zero images and label 0."""
   local_batch = _check_batch(global_batch_size)
   n = len(source)
   start = jax.process_index() * local_batch
@@ -241,7 +368,39 @@ def eval_batches(source, *, global_batch_size: int, mean, std, image_shape: tupl
     for r, row in enumerate(rows):
       images[r] = row["image"]
       labels[r] = row[label_key]
-    yield {"image": normalize(images, mean, std), "label": labels, "mask": valid.astype(np.float32)}
+    valid = valid.astype(np.float32)
+    yield {"image": normalize(images, mean, std), "label": labels, "mask": valid, "valid": valid.copy()}
+
+
+def make_eval_batches(source, *, global_batch_size: int,
+                      transform: Callable[[Any], Mapping[str, np.ndarray]]) -> Iterator[dict[str, np.ndarray]]:
+  """One deterministic pass of ``transform(example)`` over ``source``, in order, in global batches.
+
+  ``transform`` (one argument: no augmentation) maps an example to a flat dict of fixed-shape arrays. Each global
+  batch is padded to ``global_batch_size`` rows; this process gets its rows ``[p*b, (p+1)*b)``. Padding rows are
+  zeros in every feature; ``valid`` (float32 [b]) is 1 for real rows.
+  """
+  local_batch = _check_batch(global_batch_size)
+  n = len(source)
+  start = jax.process_index() * local_batch
+  shapes, template = None, None
+  for b in range(-(-n // global_batch_size)):
+    idx = np.arange(b * global_batch_size + start, b * global_batch_size + start + local_batch)
+    valid = idx < n
+    rows = [transform(r) for r in _read(source, [int(i) for i in idx[valid]])] if valid.any() else []
+    if template is None:  # feature shapes/dtypes, also for a process whose rows are all padding
+      first = rows[0] if rows else transform(_read(source, [0])[0])
+      shapes = _check_features(first, None, "eval transform")
+      if "valid" in shapes:
+        raise ValueError("the eval transform returned a feature named 'valid'; that key marks the real rows")
+      template = {k: (np.shape(v), np.asarray(v).dtype) for k, v in first.items()}
+    batch = {k: np.zeros((local_batch,) + shape, dtype) for k, (shape, dtype) in template.items()}
+    for r, row in enumerate(rows):
+      _check_features(row, shapes, "eval transform")
+      for k, v in row.items():
+        batch[k][r] = v
+    batch["valid"] = valid.astype(np.float32)
+    yield batch
 
 
 def _read(source, indices: list[int]) -> list:

@@ -379,7 +379,7 @@ class ClassificationTask(task_lib.Task):
 
   def eval_step(self, state, batch):
     logits = self.model.apply(self._variables(state.params, state.model_state), batch["image"], train=False)
-    valid = batch["valid"] if "valid" in batch else batch["mask"]
+    valid = batch["valid"]
     sums = {"loss_sum": jnp.sum(self.loss_fn(logits, batch["label"]) * valid),
             "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * valid),
             "count": jnp.sum(valid)}

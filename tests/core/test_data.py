@@ -113,6 +113,9 @@ def test_eval_batches_pad_and_mask(shapes_data_dir):
   assert len(batches) == 5  # ceil(5000 / 1200)
   assert sum(b["mask"].sum() for b in batches) == 5000
   assert batches[-1]["mask"][:200].all() and not batches[-1]["mask"][200:].any()
+  for b in batches:  # `valid` (the key of make_eval_batches) holds the same values as `mask`
+    assert b["valid"].dtype == np.float32
+    np.testing.assert_array_equal(b["valid"], b["mask"])
   np.testing.assert_allclose(batches[0]["image"][3], src[3]["image"] / 255.0, atol=1e-6)
 
 

@@ -1,6 +1,7 @@
 """Trainer: per-device step == single-device step on the global batch, no retracing, optimizer rules."""
 
 import functools
+import math
 
 import chex
 import jax
@@ -12,7 +13,8 @@ import pytest
 import flax.linen as nn
 
 from research.layers.common import batch_norm, conv
-from research.train import optim, steps
+from research.train import classify, losses, optim, steps
+from research.train import task as task_lib
 
 
 class TinyNet(nn.Module):
@@ -30,15 +32,17 @@ class TinyNet(nn.Module):
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 
-def _setup(devices, sync_bn=True):
-  model = TinyNet(bn_axis_name=steps.DATA_AXIS if sync_bn else None)
+def _setup(devices, sync_bn=True, model=None, tx=None):
+  """(mesh, initial state, compiled step) of a ClassificationTask of TinyNet on ``devices``."""
+  model = model or TinyNet(bn_axis_name=steps.DATA_AXIS if sync_bn else None)
   schedule = optim.make_schedule("cosine", 0.1, 10, warmup_steps=2)
-  tx = optim.make_optimizer("nesterov", schedule, weight_decay=5e-4)
+  tx = tx or optim.make_optimizer("nesterov", schedule, weight_decay=5e-4)
+  task = classify.ClassificationTask(model=model, tx=tx, loss_fn=losses.cross_entropy, image_shape=(32, 32, 3),
+                                     num_classes=10, schedule=schedule)
   mesh = steps.make_mesh(devices)
-  _, state = steps.init_state(model, tx, 0, (1, 32, 32, 3), mesh)
-  step = steps.parallelize(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=steps.cross_entropy,
-                                             schedule=schedule), mesh)
-  return mesh, state, step
+  batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32), "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
+  _, state = task_lib.init_train_state(task, 0, batch, mesh)
+  return mesh, state, task_lib.compiled_train_step(task, mesh)
 
 
 def _batches(n, size=16):
@@ -73,19 +77,26 @@ def test_per_replica_batchnorm_differs_from_sync_bn():
 
 
 def test_no_retrace_across_steps():
+  """The loop's step compiles once: the task's update is traced a single time over several steps."""
+  traces = []
+
+  class CountingTask(classify.ClassificationTask):
+    def update(self, state, batch, rng, *, axis_name):
+      traces.append(1)
+      return super().update(state, batch, rng, axis_name=axis_name)
+
   model = TinyNet(dropout_rate=0.1)
-  tx = optax.sgd(0.1)
+  task = CountingTask(model=model, tx=optax.sgd(0.1), loss_fn=losses.cross_entropy, image_shape=(32, 32, 3),
+                      num_classes=10)
   mesh = steps.make_mesh()
-  _, state = steps.init_state(model, tx, 0, (1, 32, 32, 3), mesh)
-
-  @chex.assert_max_traces(n=1)
-  def traced_step(state, batch):
-    return steps.train_step(state, batch, model=model, tx=tx, loss_fn=steps.cross_entropy)
-
-  step = steps.parallelize(traced_step, mesh)
+  batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32), "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
+  _, state = task_lib.init_train_state(task, 0, batch, mesh)
+  step = task_lib.compiled_train_step(task, mesh)
   for b in _batches(3):
     state, _ = step(state, steps.global_batch(b, mesh))
   assert int(steps.host_value(state.step)) == 3
+  assert len(traces) == 1
+  assert task_lib.compiled_train_step(task, mesh) is step  # one compiled step per (task, mesh)
 
 
 def test_weight_decay_skips_batchnorm_and_bias():
@@ -108,17 +119,44 @@ def test_weight_decay_skips_batchnorm_and_bias():
   assert bool(jnp.any(updates["BatchNorm_0"]["scale"] != 0))
 
 
-@pytest.mark.parametrize("name", optim.SCHEDULES)
+@pytest.mark.parametrize("name", [s for s in optim.SCHEDULES if s != "onecycle"])  # onecycle: the closed form below
 def test_schedules(name):
-  s = optim.make_schedule(name, 0.4, 100, warmup_steps=0 if name == "onecycle" else 10)
+  s = optim.make_schedule(name, 0.4, 100, warmup_steps=10)
   values = np.array([float(s(i)) for i in range(101)])
   assert np.all(np.isfinite(values)) and values.max() <= 0.4 + 1e-6
-  if name != "onecycle":
-    assert values[0] == 0.0 and abs(values[10] - 0.4) < 1e-6  # linear warmup from 0 to the peak
+  assert values[0] == 0.0 and abs(values[10] - 0.4) < 1e-6  # linear warmup from 0 to the peak
   if name == "step":
     assert abs(values[60] - 0.04) < 1e-6 and abs(values[80] - 0.004) < 1e-7
   if name == "cosine":
     assert values[100] < 1e-6
+
+
+def _onecycle_closed_form(t, num_steps, peak, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
+  """The one-cycle variant ``optim.make_schedule("onecycle")`` implements (fastai's ``fit_one_cycle`` / optax's
+  ``cosine_onecycle_schedule``; Smith & Topin 2017 ramp linearly, this ramps with half cosines), in float64:
+  up phase t in [0, u], u = floor(pct_start * T): lr = a + (peak - a) * (1 - cos(pi t / u)) / 2 from a = peak / div;
+  down phase t in [u, T]: lr = z + (peak - z) * (1 + cos(pi (t - u) / (T - u))) / 2 to z = a / final_div; z after T."""
+  a = peak / div_factor
+  z = a / final_div_factor
+  u = math.floor(pct_start * num_steps)
+  if t <= u:
+    return a + (peak - a) * (1 - math.cos(math.pi * t / u)) / 2
+  if t <= num_steps:
+    return z + (peak - z) * (1 + math.cos(math.pi * (t - u) / (num_steps - u))) / 2
+  return z
+
+
+def test_onecycle_matches_the_closed_form():
+  s = optim.make_schedule("onecycle", 0.4, 100)  # defaults: pct_start 0.3, div 25, final div 1e4
+  # Hand values: start 0.4/25, half-way up (t = 15) the mean of start and peak, peak at t = 30, half-way down
+  # (t = 65) the mean of peak and 0.4/25/1e4 = 1.6e-6, which it ends at (t = 100) and keeps.
+  for t, want in [(0, 0.016), (15, 0.208), (30, 0.4), (65, 0.2000008), (100, 1.6e-6), (150, 1.6e-6)]:
+    assert float(s(t)) == pytest.approx(want, rel=1e-5), t
+  for num_steps, pct, peak in [(100, 0.3, 0.4), (37, 0.25, 1.5), (10, 0.25, 0.1)]:  # u = 30, 9, 2 (floor)
+    s = optim.make_schedule("onecycle", peak, num_steps, onecycle_pct_start=pct)
+    ts = np.arange(num_steps + 5)
+    want = [_onecycle_closed_form(int(t), num_steps, peak, pct) for t in ts]
+    np.testing.assert_allclose(jax.vmap(s)(ts), want, rtol=1e-5, atol=1e-7 * peak)  # float32: eps x peak
 
 
 def test_bad_optimizer_and_schedule_names():

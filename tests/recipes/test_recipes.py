@@ -16,6 +16,7 @@ from research.data import DatasetSpec
 from research.layers.common import batch_norm, conv
 from research.train import checkpoint as ckpt_lib
 from research.train import classify, losses, optim, recipes, steps
+from research.train import task as task_lib
 
 
 class TinyBNNet(nn.Module):
@@ -99,13 +100,15 @@ def test_no_weight_decay_on_bn_and_bias():
 
 
 def _tiny_step(freeze_bn, center_loss=None, devices=None, num_classes=5, sync_bn=False):
+  """(model, mesh, initial state, step fn) of a ClassificationTask; ``freeze_bn``: BN frozen from step 0."""
   model = TinyBNNet(num_classes=num_classes, bn_axis_name=steps.DATA_AXIS if sync_bn else None)
-  tx = optax.sgd(0.1)
+  task = classify.ClassificationTask(model=model, tx=optax.sgd(0.1), loss_fn=losses.cross_entropy,
+                                     image_shape=(32, 32, 3), num_classes=num_classes, center_loss=center_loss,
+                                     freeze_bn_from=0 if freeze_bn else None)
   mesh = steps.make_mesh(devices or jax.devices())
-  _, state = steps.init_state(model, tx, 0, (1, 32, 32, 3), mesh)
-  step = steps.parallelize(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=steps.cross_entropy,
-                                             freeze_bn=freeze_bn, center_loss=center_loss), mesh)
-  return model, mesh, state, step
+  batch = {"image": jax.ShapeDtypeStruct((16, 32, 32, 3), jnp.float32), "label": jax.ShapeDtypeStruct((16,), jnp.int32)}
+  _, state = task_lib.init_train_state(task, 0, batch, mesh)
+  return model, mesh, state, task_lib.compiled_train_step(task, mesh)
 
 
 def _batch(n=16, seed=0, num_classes=5):
@@ -165,10 +168,11 @@ def test_center_loss_step_four_devices_equals_one_device():
   out = []
   for devices in (jax.devices()[:1], jax.devices()):
     model, mesh, state, step = _tiny_step(False, cl, devices, sync_bn=True)  # sync BN: same features
-    state = state.replace(extra={"centers": jax.device_put(jnp.ones((5, 8)), steps.replicated(mesh))})
+    state = state.replace(model_state={**state.model_state,
+                                       "centers": jax.device_put(jnp.ones((5, 8)), steps.replicated(mesh))})
     for s in range(2):
       state, m = step(state, steps.global_batch(_batch(seed=s), mesh))
-    out.append(jax.device_get((state.extra["centers"], state.params, m["loss"])))
+    out.append(jax.device_get((state.model_state["centers"], state.params, m["loss"])))
   chex.assert_trees_all_close(out[0], out[1], rtol=1e-4, atol=1e-6)
   assert not np.allclose(out[0][0], 1.0)  # centres moved
 
@@ -195,12 +199,18 @@ def test_center_loss_reduces_intra_class_distance():
 
   def spread(lam):
     model = MLP2D(num_classes=k)
-    tx = optax.sgd(0.05, momentum=0.9)
+    task = classify.ClassificationTask(model=model, tx=optax.sgd(0.05, momentum=0.9), loss_fn=losses.cross_entropy,
+                                       image_shape=(16,), num_classes=k,
+                                       center_loss=recipes.CenterLoss(lam=lam, alpha=0.5))
     params = model.init(jax.random.PRNGKey(0), x[:1], train=False)["params"]
-    state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=tx.init(params),
-                             rng=jax.random.PRNGKey(1), extra={"centers": recipes.init_centers(k, 2)})
-    step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, loss_fn=steps.cross_entropy,
-                                     axis_name=None, center_loss=recipes.CenterLoss(lam=lam, alpha=0.5)))
+    state = task_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                model_state={"batch_stats": {}, "centers": recipes.init_centers(k, 2)},
+                                opt_state=task.tx.init(params), rng=jax.random.PRNGKey(1))
+
+    @jax.jit
+    def step(state, batch):
+      return task.update(state, batch, jax.random.fold_in(state.rng, state.step), axis_name=None)
+
     for _ in range(200):
       state, _ = step(state, {"image": x, "label": y})
     with recipes.capture_features() as f:
@@ -209,7 +219,7 @@ def test_center_loss_reduces_intra_class_distance():
     class_means = np.stack([feats[y == j].mean(0) for j in range(k)])
     intra = np.mean(np.sum((feats - class_means[y]) ** 2, -1))
     inter = np.mean(np.sum((class_means - class_means.mean(0)) ** 2, -1))
-    return intra / inter, np.asarray(state.extra["centers"]), class_means
+    return intra / inter, np.asarray(state.model_state["centers"]), class_means
 
   ratio0, _, _ = spread(0.0)
   ratio1, centers, class_means = spread(0.1)
@@ -220,16 +230,16 @@ def test_center_loss_reduces_intra_class_distance():
 def test_center_loss_state_is_checkpointed(tmp_path):
   cfg = _cfg(model="resnet18", model_kwargs={"width": 8}, loss="softmax_center")
   mesh = steps.make_mesh(jax.devices()[:1])
-  _, _, _, abstract, state = classify.build(cfg, SPEC, mesh)
-  assert state.extra["centers"].shape == (5, 64) and abstract.extra["centers"].shape == (5, 64)
-  state = state.replace(extra={"centers": state.extra["centers"] + 3.0})
+  _, abstract, state = classify.build(cfg, SPEC, mesh)
+  assert state.model_state["centers"].shape == (5, 64) and abstract.model_state["centers"].shape == (5, 64)
+  state = state.replace(model_state={**state.model_state, "centers": state.model_state["centers"] + 3.0})
   ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"))
   ck.save(1, state)
   ck.wait()
   restored, step = ck.restore_latest(abstract)
   ck.close()
   assert step == 1
-  np.testing.assert_array_equal(jax.device_get(restored.extra["centers"]), 3.0)
+  np.testing.assert_array_equal(jax.device_get(restored.model_state["centers"]), 3.0)
 
 
 # ------------------------------------------------------------------------------------- losses and flags
