@@ -144,8 +144,8 @@ def mean_over(metrics: Metrics, axis_name: str | None) -> Metrics:
 
 def norms(grads, params, updates, prefix: str = "") -> Metrics:
   """big_vision's ``l2_grads``, ``l2_params``, ``l2_updates``."""
-  return {f"{prefix}l2_grads": optax.global_norm(grads), f"{prefix}l2_params": optax.global_norm(params),
-          f"{prefix}l2_updates": optax.global_norm(updates)}
+  return {f"{prefix}l2_grads": optax.tree.norm(grads), f"{prefix}l2_params": optax.tree.norm(params),
+          f"{prefix}l2_updates": optax.tree.norm(updates)}
 
 
 def init_optimizer_state(tx, params):
