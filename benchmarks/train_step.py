@@ -1,4 +1,5 @@
-r"""WRN-16-4 train-step throughput (images/s) in JAX vs an equivalent PyTorch eager model, in one run.
+r"""WRN-16-4 train-step throughput (images/s) in JAX vs an equivalent PyTorch eager model, in one run; also the
+same step before the port to the generic Task loop (git ref, in a worktree) and the loop's own overhead per step.
 
   python -m benchmarks.train_step                                  # JAX only, or torch if importable
   python -m benchmarks.train_step --torch_python=/path/to/venv/bin/python   # torch in its own venv
@@ -11,10 +12,10 @@ dependency of the project: it runs in-process if importable, else in the given i
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
+import sys
 import time
 
 from absl import app, flags
@@ -27,6 +28,8 @@ flags.DEFINE_integer("repeats", 3, "Repeats; the median is reported.")
 flags.DEFINE_string("torch_python", None, "Python interpreter with torch installed (separate venv).")
 flags.DEFINE_string("output", None, "Write the results as JSON here.")
 flags.DEFINE_bool("torch_only", False, "Internal: run only the PyTorch side and print JSON.")
+flags.DEFINE_string("pre_port_ref", "d10ff7e", "Git ref of the step before the Task port, timed in the same run "
+                    "(empty: skip).")
 
 
 def _median(xs):
@@ -34,23 +37,43 @@ def _median(xs):
   return xs[len(xs) // 2]
 
 
-def bench_jax(batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
+def _jax_task(batch_size: int):
   import jax
-  import numpy as np
+  import jax.numpy as jnp
 
   from research import models
-  from research.train import optim
-  from research.train import steps as steps_lib
+  from research.train import classify, losses, optim
+  from research.train import task as task_lib
 
   model = models.create("wrn16_4", num_classes=10)
   tx = optim.make_optimizer("nesterov", optim.make_schedule("constant", 0.1, 10), weight_decay=5e-4)
-  mesh = steps_lib.make_mesh(jax.devices()[:1])
-  _, state = steps_lib.init_state(model, tx, 0, (1, 32, 32, 3), mesh)
-  step = steps_lib.parallelize(functools.partial(steps_lib.train_step, model=model, tx=tx,
-                                                 loss_fn=steps_lib.cross_entropy), mesh)
+  task = classify.ClassificationTask(model=model, tx=tx, loss_fn=losses.cross_entropy, image_shape=(32, 32, 3),
+                                     num_classes=10)
+  mesh = task_lib.make_mesh(jax.devices()[:1])
+  shapes = {"image": jax.ShapeDtypeStruct((batch_size, 32, 32, 3), jnp.float32),
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+  return task, mesh, shapes
+
+
+def _random_batch(batch_size: int, rows: int | None = None):
+  import numpy as np
   rng = np.random.default_rng(0)
-  batch = steps_lib.global_batch({"image": rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32),
-                                  "label": rng.integers(0, 10, batch_size).astype(np.int32)}, mesh)
+  n = rows or batch_size
+  return {"image": rng.normal(size=(n, 32, 32, 3)).astype(np.float32),
+          "label": rng.integers(0, 10, n).astype(np.int32)}
+
+
+def bench_jax(batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
+  """The jitted step alone (the loop's compiled ``task.update``), same batch every step."""
+  import jax
+
+  from research.train import task as task_lib
+  from research.train.loop import num_params
+
+  task, mesh, shapes = _jax_task(batch_size)
+  _, state = task_lib.init_train_state(task, 0, shapes, mesh)
+  step = task_lib.compiled_train_step(task, mesh)
+  batch = task_lib.global_batch(_random_batch(batch_size), mesh)
   for _ in range(warmup):
     state, m = step(state, batch)
   jax.block_until_ready(state)
@@ -62,7 +85,63 @@ def bench_jax(batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
     jax.block_until_ready(state)
     times.append((time.perf_counter() - t) / steps)
   return {"framework": f"jax {jax.__version__}", "seconds_per_step": _median(times),
-          "images_per_second": batch_size / _median(times), "params": steps_lib.num_params(state.params)}
+          "images_per_second": batch_size / _median(times), "params": num_params(state.params)}
+
+
+def bench_loop(batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
+  """``loop.train`` end to end (host batches from ``ArrayBatches``, prefetch, metrics every 10 steps, no
+  checkpoints): seconds per step after ``warmup`` steps; the loop's overhead is this minus ``bench_jax``."""
+  import jax
+
+  from research.data.memory import ArrayBatches
+  from research.train import loop
+
+  task, mesh, _ = _jax_task(batch_size)
+  times = []
+  for r in range(repeats):
+    marks = {}
+
+    def on_step(s, m):
+      if s == warmup:
+        jax.block_until_ready(m)
+        marks["t0"] = time.perf_counter()
+      return False
+
+    data = ArrayBatches(_random_batch(batch_size, rows=8 * batch_size), global_batch_size=batch_size, seed=r)
+    state, _ = loop.train(task, data, mesh=mesh, workdir=None, on_step=on_step,
+                          config=loop.LoopConfig(num_steps=warmup + steps, checkpoint_every=0, log_every=10,
+                                                 progress_bar=False))
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - marks["t0"]) / steps)
+  return {"framework": "jax loop.train", "seconds_per_step": _median(times),
+          "images_per_second": batch_size / _median(times), "params": 0}
+
+
+def bench_pre_port(ref: str, args: dict) -> dict | None:
+  """The same step at git ``ref`` (before the Task port: ``steps.train_step``), in a worktree, same machine."""
+  import tempfile
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tree = tempfile.mkdtemp(prefix="bench_pre_port_")
+  subprocess.run(["git", "worktree", "add", "--detach", tree, ref], cwd=root, check=True, capture_output=True)
+  try:
+    out = subprocess.run([sys.executable, "-c", _PRE_PORT.format(tree=tree, **args)], cwd=tree,
+                         capture_output=True, text=True, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["framework"] = f"jax step at {ref} (pre-port)"
+    return res
+  finally:
+    subprocess.run(["git", "worktree", "remove", "--force", tree], cwd=root, capture_output=True)
+
+
+_PRE_PORT = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if "Redirect" not in type(f).__name__]  # not the editable install
+sys.path.insert(0, {tree!r})
+for k in [m for m in sys.modules if m.startswith(("research", "benchmarks"))]: del sys.modules[k]
+import json, research; assert research.__file__.startswith({tree!r}), research.__file__
+from benchmarks import train_step as b
+print(json.dumps(b.bench_jax({batch_size}, {steps}, {warmup}, {repeats})))
+"""
 
 
 def bench_torch(batch_size: int, steps: int, warmup: int, repeats: int) -> dict:
@@ -148,17 +227,26 @@ def main(argv):
   if FLAGS.torch_only:
     print(json.dumps(bench_torch(**args)))
     return
-  results = {"jax": bench_jax(**args), "machine": f"{os.cpu_count()} CPU cores", **args}
+  results = {"jax": bench_jax(**args), "loop": bench_loop(**args), "machine": f"{os.cpu_count()} CPU cores", **args}
+  results["loop_overhead_seconds_per_step"] = results["loop"]["seconds_per_step"] - results["jax"]["seconds_per_step"]
+  if FLAGS.pre_port_ref:
+    results["pre_port"] = bench_pre_port(FLAGS.pre_port_ref, args)
+    results["ratio_task_step_over_pre_port_images_per_second"] = (results["jax"]["images_per_second"]
+                                                                   / results["pre_port"]["images_per_second"])
   torch_res = _torch_result()
   if torch_res is not None:
     results["torch"] = torch_res
     results["ratio_jax_over_torch_images_per_second"] = (results["jax"]["images_per_second"]
                                                           / torch_res["images_per_second"])
   print(f"{'framework':32s} {'s/step':>8s} {'img/s':>8s} {'params':>10s}")
-  for key in ("jax", "torch"):
+  for key in ("jax", "loop", "pre_port", "torch"):
     if key in results:
       r = results[key]
       print(f"{r['framework']:32s} {r['seconds_per_step']:8.3f} {r['images_per_second']:8.1f} {r['params']:>10,}")
+  print(f"loop overhead: {1e3 * results['loop_overhead_seconds_per_step']:.1f} ms/step")
+  if "pre_port" in results:
+    print(f"Task step / pre-port step throughput ratio: "
+          f"{results['ratio_task_step_over_pre_port_images_per_second']:.3f}x")
   if "ratio_jax_over_torch_images_per_second" in results:
     print(f"JAX / PyTorch throughput ratio: {results['ratio_jax_over_torch_images_per_second']:.2f}x")
   if FLAGS.output:

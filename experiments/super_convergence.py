@@ -17,50 +17,36 @@ experiment itself is ``research.methods.super_convergence``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
 
 from absl import app, flags
 
 from experiments import common
-
-if TYPE_CHECKING:
-  from research.methods import super_convergence
+from research.configs import setting
+from research.methods.super_convergence import SuperConvergenceConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
-flags.DEFINE_string("workdir", "/tmp/research/super_convergence", "Output directory (runs resume).")
-flags.DEFINE_string("model", "resnet18", "Registered model name.")
-flags.DEFINE_string("model_kwargs", '{"width": 16}', "JSON dict of model arguments.")
-flags.DEFINE_integer("num_classes_subset", 20, "Classes of `shapes` used (label < N; 0 = all 100).")
-flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-flags.DEFINE_float("weight_decay", 1e-4, "Weight decay (Smith & Topin: large LRs regularise; they use 1e-4).")
-flags.DEFINE_float("momentum", 0.9, "Nesterov momentum.")
-flags.DEFINE_float("range_min_lr", 1e-3, "LR range test start.")
-flags.DEFINE_float("range_max_lr", 10.0, "LR range test end.")
-flags.DEFINE_integer("range_steps", 100, "LR range test steps.")
-flags.DEFINE_float("range_divisor", 3.0, "suggested max LR = LR at the smoothed-loss minimum / this.")
-flags.DEFINE_float("step_lr", 0.1, "Baseline step schedule LR.")
-flags.DEFINE_list("step_extra_lrs", [], "Control step-schedule runs at these LRs (0 = the one-cycle peak LR).")
-flags.DEFINE_integer("step_steps", 800, "Baseline step schedule iterations.")
-flags.DEFINE_list("onecycle_steps", ["200", "400"], "One-cycle budgets (iterations).")
-flags.DEFINE_float("onecycle_max_lr", 0.0, "One-cycle peak LR; 0 = the range test's suggestion.")
-flags.DEFINE_float("target_accuracy", 0.0, "Target eval accuracy; 0 = the baseline's final accuracy.")
-flags.DEFINE_integer("eval_every", 50, "Evaluate every N steps.")
-flags.DEFINE_integer("seed", 0, "Seed.")
 
 
-def config_from_flags() -> super_convergence.SuperConvergenceConfig:
-  from research.methods import super_convergence
-  model_kwargs = common.json_dict_flag("model_kwargs")
-  onecycle_steps = common.int_list_flag("onecycle_steps")
-  return super_convergence.SuperConvergenceConfig(
-      data_dir=FLAGS.data_dir, model=FLAGS.model, model_kwargs=model_kwargs,
-      num_classes_subset=FLAGS.num_classes_subset, batch_size=FLAGS.batch_size, weight_decay=FLAGS.weight_decay,
-      momentum=FLAGS.momentum, range_min_lr=FLAGS.range_min_lr, range_max_lr=FLAGS.range_max_lr,
-      range_steps=FLAGS.range_steps, range_divisor=FLAGS.range_divisor, step_lr=FLAGS.step_lr,
-      step_extra_lrs=common.float_list_flag("step_extra_lrs"),
-      step_steps=FLAGS.step_steps, onecycle_steps=onecycle_steps, onecycle_max_lr=FLAGS.onecycle_max_lr,
-      target_accuracy=FLAGS.target_accuracy, eval_every=FLAGS.eval_every, seed=FLAGS.seed)
+@dataclasses.dataclass(frozen=True)
+class ExperimentFlags:
+  """Settings of this entry point that are not part of ``SuperConvergenceConfig``."""
+  workdir: str = setting("/tmp/research/super_convergence", "Output directory (runs resume).")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Every flag of ``experiments.super_convergence``: one per ``SuperConvergenceConfig`` field (its name, default and
+  help), and ``--workdir``."""
+  common.define_flags(SuperConvergenceConfig, flag_values=flag_values)
+  common.define_flags(ExperimentFlags, flag_values=flag_values)
+
+
+define_flags()
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> SuperConvergenceConfig:
+  """The ``SuperConvergenceConfig`` of the parsed flags (ValueError naming the flag for a bad value)."""
+  return common.config_from_flags(SuperConvergenceConfig, flag_values=flag_values)
 
 
 def main(argv):
@@ -68,9 +54,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   from research.methods import super_convergence
+  workdir = common.config_from_flags(ExperimentFlags).workdir
   with common.clean_errors():
-    summary = super_convergence.run(config_from_flags(), FLAGS.workdir)
-  common.print_markdown_summary(FLAGS.workdir, summary)
+    summary = super_convergence.run(config_from_flags(), workdir)
+  common.print_markdown_summary(workdir, summary)
 
 
 if __name__ == "__main__":

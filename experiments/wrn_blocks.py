@@ -17,40 +17,36 @@ Writes ``summary.json`` and ``summary.md``; the experiment, the table and its pa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
 
 from absl import app, flags
 
 from experiments import common
-
-if TYPE_CHECKING:
-  from research.methods import wrn_blocks
+from research.configs import setting
+from research.methods.wrn_blocks import WRNBlocksConfig
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data_dir", None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
-flags.DEFINE_string("workdir", "/tmp/research/wrn_blocks", "Output directory (runs resume).")
-flags.DEFINE_list("block_types", ["1-3-1", "3-1", "1-3", "3-1-1", "3-3", "3-1-3"],
-                  "Block types of the table to train, kernel sizes joined by '-'.")
-flags.DEFINE_integer("train_k", 1, "Widening factor of the trained nets (the table's is 2).")
-flags.DEFINE_integer("depth_offset", 0, "Subtract 6*N from every table depth for the trained nets (N blocks "
-                     "fewer per stage; 0 = the table's depths).")
-flags.DEFINE_integer("num_classes_subset", 10, "Classes of `shapes` used (label < N; 0 = all 100).")
-flags.DEFINE_integer("num_steps", 100, "Training iterations per block type.")
-flags.DEFINE_integer("batch_size", 64, "Global batch size.")
-flags.DEFINE_float("learning_rate", 0.1, "Peak LR (cosine schedule, Nesterov, as the WRN paper's SGD).")
-flags.DEFINE_integer("warmup_steps", 10, "Linear warmup steps.")
-flags.DEFINE_float("weight_decay", 5e-4, "Weight decay (the paper's 5e-4).")
-flags.DEFINE_integer("seed", 0, "Seed.")
-flags.DEFINE_bool("params_only", False, "Only reproduce the params column.")
 
 
-def config_from_flags() -> wrn_blocks.WRNBlocksConfig:
-  from research.methods import wrn_blocks
-  return wrn_blocks.WRNBlocksConfig(
-      data_dir=FLAGS.data_dir, block_types=tuple(FLAGS.block_types), train_k=FLAGS.train_k,
-      depth_offset=FLAGS.depth_offset, num_classes_subset=FLAGS.num_classes_subset, num_steps=FLAGS.num_steps,
-      batch_size=FLAGS.batch_size, learning_rate=FLAGS.learning_rate, warmup_steps=FLAGS.warmup_steps,
-      weight_decay=FLAGS.weight_decay, seed=FLAGS.seed, params_only=FLAGS.params_only)
+@dataclasses.dataclass(frozen=True)
+class ExperimentFlags:
+  """Settings of this entry point that are not part of ``WRNBlocksConfig``."""
+  workdir: str = setting("/tmp/research/wrn_blocks", "Output directory (runs resume).")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Every flag of ``experiments.wrn_blocks``: one per ``WRNBlocksConfig`` field (its name, default and
+  help), and ``--workdir``."""
+  common.define_flags(WRNBlocksConfig, flag_values=flag_values)
+  common.define_flags(ExperimentFlags, flag_values=flag_values)
+
+
+define_flags()
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> WRNBlocksConfig:
+  """The ``WRNBlocksConfig`` of the parsed flags (ValueError naming the flag for a bad value)."""
+  return common.config_from_flags(WRNBlocksConfig, flag_values=flag_values)
 
 
 def main(argv):
@@ -58,9 +54,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   from research.methods import wrn_blocks
+  workdir = common.config_from_flags(ExperimentFlags).workdir
   with common.clean_errors():
-    summary = wrn_blocks.run(config_from_flags(), FLAGS.workdir)
-  common.print_markdown_summary(FLAGS.workdir, summary)
+    summary = wrn_blocks.run(config_from_flags(), workdir)
+  common.print_markdown_summary(workdir, summary)
 
 
 if __name__ == "__main__":

@@ -50,12 +50,6 @@ def stride_key(stride: int) -> str:
   return f"C{int(round(math.log2(stride)))}"
 
 
-def classifier(num_classes: int, *, dtype: Dtype, param_dtype: Dtype, name: str = "head",
-               zero_init: bool = False) -> nn.Dense:
-  init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
-  return nn.Dense(num_classes, dtype=dtype, param_dtype=param_dtype, kernel_init=init, name=name)
-
-
 max_pool_3x3_s2 = functools.partial(nn.max_pool, window_shape=(3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
 
@@ -98,7 +92,11 @@ def max_pool_ceil(x: jnp.ndarray, window: int, stride: int, padding: int = 0) ->
 
 
 def channel_shuffle(x: jnp.ndarray, groups: int) -> jnp.ndarray:
-  """ShuffleNet channel shuffle (Zhang et al. 2018, §3.1): reshape C -> (g, C/g), transpose, flatten."""
+  """ShuffleNet channel shuffle (Zhang et al. 2018, §3.1): reshape C -> (g, C/g), transpose, flatten.
+
+  Channel ``i * (C/g) + j`` moves to ``j * g + i``. It is also the IGC permutation P (Zhang et al. 2017, §3.1) with
+  ``groups`` = the number of primary partitions; ``channel_shuffle(channel_shuffle(x, g), C/g)`` is ``x``.
+  """
   b, h, w, c = x.shape
   return x.reshape(b, h, w, groups, c // groups).swapaxes(3, 4).reshape(b, h, w, c)
 

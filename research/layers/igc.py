@@ -7,13 +7,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.layers.common import conv
-
-
-def interleave(x: jnp.ndarray, rows: int) -> jnp.ndarray:
-  """Permutation P: channels viewed as ``[rows, C/rows]`` are transposed, so channel ``r*M + m`` moves to ``m*rows + r``."""
-  b, h, w, c = x.shape
-  return x.reshape(b, h, w, rows, c // rows).swapaxes(3, 4).reshape(b, h, w, c)
+from research.layers.common import channel_shuffle, conv
 
 
 class IGCBlock(nn.Module):
@@ -38,5 +32,6 @@ class IGCBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = self.L * self.M
     y = conv(width, self.kernel, self.strides, groups=self.L, name="primary", **kw)(x)
-    y = conv(width, 1, groups=self.M, name="secondary", **kw)(interleave(y, self.L))
-    return interleave(y, self.M)
+    # P = channel_shuffle(., L): channel l*M + m (m-th of primary partition l) moves to m*L + l; P^T = shuffle(., M).
+    y = conv(width, 1, groups=self.M, name="secondary", **kw)(channel_shuffle(y, self.L))
+    return channel_shuffle(y, self.M)

@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 import jax
 
+from research.configs import setting
 from research.methods import reporting
 from research.train import classify
 
@@ -31,20 +32,23 @@ CONDITIONS = ("no_recipe", "linear_warmup", "recipe")
 @dataclasses.dataclass(frozen=True)
 class LargeMinibatchConfig:
   """``model`` on the first ``num_classes_subset`` classes of ``shapes``: Nesterov SGD, step schedule (×0.1 at
-  50% / 75%), ``epochs`` epochs at every global batch size."""
-  data_dir: str | None = None  # TFDS data directory (None: $RESEARCH_DATA_DIR or ~/research_datasets)
-  model: str = "resnet18"  # post-activation ResNet (has zero_init_last_bn)
-  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"width": 16})
-  num_classes_subset: int = 10  # classes of `shapes` used (label < N; 0 = all 100)
-  batch_sizes: tuple[int, ...] = (32, 128, 512)  # global batch sizes kn (each a multiple of per_device_batch)
-  per_device_batch: int = 32  # n, examples per worker (= BN batch); k = B / n devices; 0 = every device, any B
-  base_batch_size: int = 32  # batch size at which learning_rate is tuned (k = B / this)
-  learning_rate: float = 0.05  # LR at base_batch_size
-  epochs: float = 10.0  # training epochs for every batch size
-  warmup_epochs: float = 2.0  # gradual warmup length (linear_warmup and recipe runs)
-  weight_decay: float = 5e-4  # not on BN/bias
-  conditions: tuple[str, ...] = CONDITIONS  # runs per batch size, a subset of CONDITIONS
-  seed: int = 0
+  50% / 75%), ``epochs`` epochs at every global batch size. Each field is one flag of ``experiments.large_minibatch``
+  (``research.configs.setting``)."""
+  data_dir: str | None = setting(None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
+  model: str = setting("resnet18", "Post-activation ResNet (has zero_init_last_bn).")
+  model_kwargs: Mapping[str, Any] = setting({"width": 16}, "JSON dict of model arguments.")
+  num_classes_subset: int = setting(10, "Classes of `shapes` used (label < N; 0 = all 100).")
+  batch_sizes: tuple[int, ...] = setting((32, 128, 512), "Global batch sizes kn (each a multiple of "
+                                         "--per_device_batch).")
+  per_device_batch: int = setting(32, "n, examples per worker/device (the BN batch); k = B / n devices; "
+                                  "0 = every device at every B.")
+  base_batch_size: int = setting(32, "Batch size at which --learning_rate is tuned (k = B / this).")
+  learning_rate: float = setting(0.05, "LR for --base_batch_size.")
+  epochs: float = setting(10.0, "Training epochs for every batch size.")
+  warmup_epochs: float = setting(2.0, "Gradual warmup length (linear_warmup and recipe runs).")
+  weight_decay: float = setting(5e-4, "Weight decay (not on BN/bias).")
+  conditions: tuple[str, ...] = setting(CONDITIONS, f"Which runs per batch size, a subset of {','.join(CONDITIONS)}.")
+  seed: int = setting(0, "Seed.")
 
   def __post_init__(self):
     if not self.conditions:

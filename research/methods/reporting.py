@@ -1,14 +1,15 @@
 """Outputs shared by the training experiments (super_convergence, large_minibatch, wrn_blocks).
 
-``summary.json`` (indent 1, keys in insertion order), ``summary.md`` (markdown tables separated by blank lines) and
-PNG line plots (matplotlib Agg backend, no display needed).
+``summary.json`` (``research.fileio.write_json_atomic``: indent 2, sorted keys), ``summary.md`` (markdown tables
+separated by blank lines) and PNG line plots (matplotlib Agg backend, no display needed).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
+
+from research import fileio
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -24,11 +25,8 @@ def write_markdown(path: str, *blocks: str) -> None:
 
 
 def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
-  """Writes ``workdir/summary.json`` via a temporary file + rename, so readers never see a partial file."""
-  path = os.path.join(workdir, "summary.json")
-  with open(path + ".tmp", "w") as f:
-    json.dump(summary, f, indent=1)
-  os.replace(path + ".tmp", path)
+  """Writes ``workdir/summary.json`` atomically (``research.fileio.write_json_atomic``: temporary file + rename)."""
+  fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
 
 
 def line_plot(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,

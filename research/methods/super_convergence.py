@@ -18,6 +18,7 @@ import os
 import time
 from typing import Any, Mapping
 
+from research.configs import setting
 from research.methods import reporting
 from research.train import classify, lr_finder
 
@@ -27,26 +28,28 @@ _POSITIVE = ("batch_size", "range_min_lr", "range_steps", "range_divisor", "step
 @dataclasses.dataclass(frozen=True)
 class SuperConvergenceConfig:
   """Model and data are shared by every run: ``model`` on the first ``num_classes_subset`` classes of ``shapes``,
-  Nesterov SGD with ``momentum`` and ``weight_decay`` at global batch ``batch_size``."""
-  data_dir: str | None = None  # TFDS data directory (None: $RESEARCH_DATA_DIR or ~/research_datasets)
-  model: str = "resnet18"  # registered model name
-  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"width": 16})
-  num_classes_subset: int = 20  # classes of `shapes` used (label < N; 0 = all 100)
-  batch_size: int = 128  # global batch size
-  weight_decay: float = 1e-4  # Smith & Topin: large LRs regularise; they use 1e-4
-  momentum: float = 0.9  # Nesterov momentum
-  range_min_lr: float = 1e-3  # LR range test: first LR of the exponential ramp
-  range_max_lr: float = 10.0  # LR range test: last LR of the ramp
-  range_steps: int = 100  # LR range test: iterations
-  range_divisor: float = 3.0  # suggested max LR = LR at the smoothed-loss minimum / this
-  step_lr: float = 0.1  # baseline step schedule LR
-  step_steps: int = 800  # baseline step schedule iterations
-  step_extra_lrs: tuple[float, ...] = ()  # control step-schedule runs at these LRs (0 = the one-cycle peak LR)
-  onecycle_steps: tuple[int, ...] = (200, 400)  # one-cycle budgets (iterations), one run each
-  onecycle_max_lr: float = 0.0  # one-cycle peak LR; 0 = the range test's suggestion
-  target_accuracy: float = 0.0  # target eval accuracy in [0, 1]; 0 = the baseline's final accuracy
-  eval_every: int = 50  # evaluate every N iterations (the resolution of "iterations to target")
-  seed: int = 0
+  Nesterov SGD with ``momentum`` and ``weight_decay`` at global batch ``batch_size``. Each field is one flag of
+  ``experiments.super_convergence`` (``research.configs.setting``)."""
+  data_dir: str | None = setting(None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
+  model: str = setting("resnet18", "Registered model name.")
+  model_kwargs: Mapping[str, Any] = setting({"width": 16}, "JSON dict of model arguments.")
+  num_classes_subset: int = setting(20, "Classes of `shapes` used (label < N; 0 = all 100).")
+  batch_size: int = setting(128, "Global batch size.")
+  weight_decay: float = setting(1e-4, "Weight decay (Smith & Topin: large LRs regularise; they use 1e-4).")
+  momentum: float = setting(0.9, "Nesterov momentum.")
+  range_min_lr: float = setting(1e-3, "LR range test start (first LR of the exponential ramp).")
+  range_max_lr: float = setting(10.0, "LR range test end (last LR of the ramp).")
+  range_steps: int = setting(100, "LR range test steps.")
+  range_divisor: float = setting(3.0, "suggested max LR = LR at the smoothed-loss minimum / this.")
+  step_lr: float = setting(0.1, "Baseline step schedule LR.")
+  step_steps: int = setting(800, "Baseline step schedule iterations.")
+  step_extra_lrs: tuple[float, ...] = setting((), "Control step-schedule runs at these LRs (0 = the one-cycle "
+                                              "peak LR).")
+  onecycle_steps: tuple[int, ...] = setting((200, 400), "One-cycle budgets (iterations), one run each.")
+  onecycle_max_lr: float = setting(0.0, "One-cycle peak LR; 0 = the range test's suggestion.")
+  target_accuracy: float = setting(0.0, "Target eval accuracy in [0, 1]; 0 = the baseline's final accuracy.")
+  eval_every: int = setting(50, "Evaluate every N steps (the resolution of \"iterations to target\").")
+  seed: int = setting(0, "Seed.")
 
   def __post_init__(self):
     for name in _POSITIVE:

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.configs import setting
 from research.methods import reporting
 from research.models.cifar_resnet import wide_resnet
 from research.train import classify
@@ -47,19 +48,22 @@ def parse_block_type(text: str) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class WRNBlocksConfig:
-  """Reduced-budget training: WRN-d-``train_k`` per block type, cosine LR with linear warmup, Nesterov SGD."""
-  data_dir: str | None = None  # TFDS data directory (None: $RESEARCH_DATA_DIR or ~/research_datasets)
-  block_types: tuple[str, ...] = ("1-3-1", "3-1", "1-3", "3-1-1", "3-3", "3-1-3")  # TABLE rows to train
-  train_k: int = 1  # widening factor of the trained nets (the table's is 2)
-  depth_offset: int = 0  # trained depth = table depth - 6 * depth_offset (N blocks fewer per stage)
-  num_classes_subset: int = 10  # classes of `shapes` used (label < N; 0 = all 100)
-  num_steps: int = 100  # training iterations per block type
-  batch_size: int = 64  # global batch size
-  learning_rate: float = 0.1  # peak LR (cosine schedule, Nesterov, as the WRN paper's SGD)
-  warmup_steps: int = 10  # linear warmup iterations
-  weight_decay: float = 5e-4  # the paper's 5e-4
-  seed: int = 0
-  params_only: bool = False  # only reproduce the params column (no training)
+  """Reduced-budget training: WRN-d-``train_k`` per block type, cosine LR with linear warmup, Nesterov SGD. Each
+  field is one flag of ``experiments.wrn_blocks`` (``research.configs.setting``)."""
+  data_dir: str | None = setting(None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
+  block_types: tuple[str, ...] = setting(("1-3-1", "3-1", "1-3", "3-1-1", "3-3", "3-1-3"),
+                                         "Block types of the table to train, kernel sizes joined by '-'.")
+  train_k: int = setting(1, "Widening factor of the trained nets (the table's is 2).")
+  depth_offset: int = setting(0, "Subtract 6*N from every table depth for the trained nets (N blocks fewer per "
+                              "stage; 0 = the table's depths).")
+  num_classes_subset: int = setting(10, "Classes of `shapes` used (label < N; 0 = all 100).")
+  num_steps: int = setting(100, "Training iterations per block type.")
+  batch_size: int = setting(64, "Global batch size.")
+  learning_rate: float = setting(0.1, "Peak LR (cosine schedule, Nesterov, as the WRN paper's SGD).")
+  warmup_steps: int = setting(10, "Linear warmup steps.")
+  weight_decay: float = setting(5e-4, "Weight decay (the paper's 5e-4).")
+  seed: int = setting(0, "Seed.")
+  params_only: bool = setting(False, "Only reproduce the params column (no training).")
 
   def __post_init__(self):
     for b in self.block_types:

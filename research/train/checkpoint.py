@@ -19,6 +19,9 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from research.fileio import json_default as _json_default  # noqa: F401  (research.train.loop uses it)
+from research.fileio import write_json_atomic  # noqa: F401  (re-exported: research.train.write_json_atomic)
+
 log = logging.getLogger(__name__)
 
 
@@ -195,21 +198,3 @@ def load_params(path: str, abstract: Any | None = None, *, step: int | None = No
       except (ValueError, TypeError) as e:
         raise ValueError(f"checkpoint {step_dir!r}: its {key} do not match the model's ({e})") from None
   return out
-
-
-def write_json_atomic(path: str, payload: Any) -> None:
-  """Writes JSON via a temporary file + rename so readers never see a partial file."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=2, sort_keys=True, default=_json_default)
-    f.write("\n")
-  os.replace(tmp, path)
-
-
-def _json_default(x):
-  import numpy as np
-  if isinstance(x, (np.generic,)):
-    return x.item()
-  if isinstance(x, (np.ndarray, jax.Array)):
-    return np.asarray(x).tolist()
-  raise TypeError(f"not JSON serialisable: {type(x)}")

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import jax
 import numpy as np
 
+from research import fileio
 from research.train import checkpoint as ckpt_lib
 from research.train import metrics as metrics_lib
 from research.train.task import (Task, TrainState, abstract_batch, compiled_eval_step, compiled_train_step,
@@ -178,7 +179,7 @@ def _report_config_change(workdir: str, config: Mapping[str, Any], start_step: i
     return
   with open(path) as f:
     old = json.load(f)
-  new = json.loads(json.dumps(config, default=ckpt_lib._json_default))
+  new = json.loads(json.dumps(config, default=fileio.json_default))
   diff = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
   if not diff:
     return

@@ -10,6 +10,8 @@ from typing import Iterator, Mapping
 import jax
 import numpy as np
 
+from research import fileio
+
 
 class MetricWriter:
   """Appends ``{"step": s, **scalars}`` lines to ``metrics.jsonl`` and TensorBoard scalars to ``tb/``.
@@ -34,9 +36,7 @@ class MetricWriter:
               kept.append(line)
           except json.JSONDecodeError:  # a line cut by a kill
             pass
-      with open(self.path + ".tmp", "w") as f:
-        f.writelines(kept)
-      os.replace(self.path + ".tmp", self.path)
+      fileio.write_atomic(self.path, "".join(kept))
     if tensorboard:
       from tensorboardX import SummaryWriter
       self._tb = SummaryWriter(os.path.join(workdir, "tb"), purge_step=resume_step + 1 if resume_step else None)

@@ -1,4 +1,5 @@
-"""Layers and ops against independent references: im2col conv, formula BN, SPP, maxout, shuffle, pooling, IGC, join."""
+"""Layers and ops against independent references: im2col conv, formula BN, SPP, maxout, shuffle, pooling, IGC, join,
+squeeze-excitation, LRN, FractalNet drop-path sampling."""
 
 import flax.linen as nn
 import jax
@@ -11,7 +12,6 @@ from research import models
 from research.layers.batchnorm import FormulaBatchNorm
 from research.layers.common import adaptive_avg_pool, channel_shuffle, max_pool_ceil
 from research.layers.fractal import join
-from research.layers.igc import interleave
 from research.layers.maxout import maxout
 from research.layers.spp import spatial_pyramid_pool
 from research.ops.im2col import conv2d_im2col
@@ -83,12 +83,18 @@ def test_maxout_and_maxout_head():
   assert v["params"]["head"]["dense"]["kernel"].shape == (512, 20)
 
 
-def test_channel_shuffle_and_interleave():
+def test_channel_shuffle_is_the_igc_permutation():
   x = jnp.arange(6.0).reshape(1, 1, 1, 6)
   np.testing.assert_array_equal(channel_shuffle(x, 2)[0, 0, 0], [0, 3, 1, 4, 2, 5])
   np.testing.assert_array_equal(channel_shuffle(x, 3)[0, 0, 0], [0, 2, 4, 1, 3, 5])
-  y = jax.random.normal(jax.random.key(0), (1, 2, 2, 12))
-  np.testing.assert_array_equal(interleave(interleave(y, 3), 4), y)  # P then P^T is the identity
+  # IGC's P (Zhang et al. 2017, §3.1) with L = 3 primary partitions of M = 4: channel l*M + m -> m*L + l.
+  y = np.asarray(jax.random.normal(jax.random.key(0), (1, 2, 2, 12)))
+  want = np.empty_like(y)
+  for l in range(3):
+    for m in range(4):
+      want[..., m * 3 + l] = y[..., l * 4 + m]
+  np.testing.assert_array_equal(channel_shuffle(jnp.asarray(y), 3), want)
+  np.testing.assert_array_equal(channel_shuffle(channel_shuffle(jnp.asarray(y), 3), 4), y)  # P then P^T = identity
 
 
 def test_adaptive_pool_and_ceil_pool_against_numpy():
@@ -153,3 +159,108 @@ def test_igc_block_is_the_regular_conv_with_composed_kernel(L, M, cin, strides):
   np.testing.assert_allclose(block.apply(v, x), ref, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="divide by L"):
     IGCBlock(4, 2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 6)))
+
+
+def test_squeeze_excite_against_numpy():
+  """Hu et al. 2018, Eq. 2-4: out = x * sigmoid(W2 relu(W1 mean_hw(x) + b1) + b2), C/r hidden units; float64 numpy
+  reference from random parameters (biases included) in the module's own layout."""
+  from research.layers.se import SqueezeExcite
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 3, 32)).astype(np.float32)
+  se = SqueezeExcite(reduction=4)
+  shapes = jax.eval_shape(lambda: se.init(jax.random.key(1), x))
+  assert jax.tree.map(lambda a: a.shape, shapes["params"]) == {"fc1": {"kernel": (32, 8), "bias": (8,)},
+                                                               "fc2": {"kernel": (8, 32), "bias": (32,)}}  # C/r = 8
+  v = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), shapes)
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), v["params"])
+  xn = np.asarray(x, np.float64)
+  s = xn.mean(axis=(1, 2))  # squeeze: [B, C]
+  h = np.maximum(s @ p["fc1"]["kernel"] + p["fc1"]["bias"], 0)
+  g = 1 / (1 + np.exp(-(h @ p["fc2"]["kernel"] + p["fc2"]["bias"])))
+  want = xn * g[:, None, None, :]
+  assert np.ptp(g) > 0.5  # the gates differ across channels/examples, so a wrong broadcast would show
+  np.testing.assert_allclose(jax.jit(se.apply)(v, x), want, rtol=1e-5, atol=1e-6)
+  small = jax.eval_shape(lambda: SqueezeExcite(reduction=16).init(jax.random.key(0), jnp.zeros((1, 2, 2, 8))))
+  assert small["params"]["fc1"]["bias"].shape == (1,)  # C/r rounds down but keeps at least one hidden unit
+
+
+@pytest.mark.parametrize("size,alpha,beta,k", [(5, 1e-4, 0.75, 2.0), (5, 0.9, 0.75, 1.0), (3, 2.0, 0.5, 0.5),
+                                               (4, 1.5, 0.75, 1.0)])
+def test_local_response_norm_against_numpy(size, alpha, beta, k):
+  """AlexNet §3.3: b_c = a_c / (k + α' Σ_{j in window(c)} a_j^2)^β, channels out of range skipped. The
+  implementation follows PyTorch / Caffe: α' = alpha / size (the paper writes α' = α = 1e-4, i.e. alpha = 5e-4
+  here) and the window is [c - size//2, c + (size-1)//2] (centred for odd sizes). Large activations for the defaults
+  so that the normaliser differs from k^β by far more than the tolerance."""
+  from research.layers.common import local_response_norm
+  scale = 100.0 if alpha < 1e-3 else 1.0
+  x = np.random.default_rng(0).normal(size=(2, 3, 2, 9)) * scale
+  want = np.empty_like(x)
+  C = x.shape[-1]
+  for c in range(C):
+    lo, hi = max(0, c - size // 2), min(C - 1, c + (size - 1) // 2)
+    want[..., c] = x[..., c] / (k + alpha / size * np.sum(x[..., lo:hi + 1] ** 2, axis=-1)) ** beta
+  got = local_response_norm(jnp.asarray(x, jnp.float32), size=size, alpha=alpha, beta=beta, k=k)
+  assert np.max(np.abs(want / x - k ** -beta)) > 1e-3 * k ** -beta  # the window sum matters at this tolerance
+  np.testing.assert_allclose(got, want, rtol=2e-6, atol=0)
+
+
+def test_fractal_block_drop_path_sampling():
+  """FractalNet drop-path (Larsson et al. 2017, §3.1) at a 2-column join: local mode drops each input with
+  probability 0.15 independently, keeping one at random (1/2 each) when both are dropped, so P(both kept) = 0.85^2 =
+  0.7225 and P(only column c) = 0.85 * 0.15 + 0.15^2 / 2 = 0.13875; global mode keeps exactly the chosen column. The
+  join averages the kept inputs (one kept: that input unscaled) and the path is drawn once per call, so every example
+  of the batch takes the same one."""
+  from research.layers.fractal import FractalBlock
+  block = FractalBlock(4, columns=2, local_drop=0.15)
+  x = np.random.default_rng(0).normal(size=(3, 4, 4, 2)).astype(np.float32)
+  v = jax.jit(lambda: block.init(jax.random.key(1), x, train=False))()
+
+  def run(key, local, col):
+    return block.apply(v, x, train=True, local=local, global_col=col, rngs={"droppath": key},
+                       mutable=["batch_stats"])[0]
+
+  n = 4000
+  keys = jax.random.split(jax.random.key(3), n)
+  y0, y1, outs = map(np.asarray, jax.jit(lambda keys: (
+      run(keys[0], False, 0), run(keys[0], False, 1),  # global mode: column 0 alone, column 1 alone
+      jax.vmap(lambda kk: run(kk, True, 0))(keys)))(keys))
+  assert np.abs(y0 - y1).mean() > 0.1
+  cands = np.stack([(y0 + y1) / 2, y0, y1])  # both kept, only column 0, only column 1
+  err = np.abs(outs[:, None] - cands[None]).max(axis=(3, 4, 5))  # [n, 3 paths, batch]
+  which = err.argmin(1)  # per example
+  assert np.all(err.min(1) < 1e-5)  # every output is exactly one of the three joins
+  assert np.all(which == which[:, :1])  # the whole batch shares the path
+  freq = np.bincount(which[:, 0], minlength=3) / n
+  np.testing.assert_allclose(freq, [0.7225, 0.13875, 0.13875], atol=0.025)  # ~3.5 sigma at n = 4000
+
+
+def test_fractalnet_draws_one_path_mode_per_call():
+  """FractalNet §3.1: per network call, global mode (one column for the whole net) with probability global_prob
+  (0.5 in the paper; 0.25 here so that swapping the two modes would show), its column uniform; every block sees the
+  same draw. The blocks are intercepted (replaced by the identity) to read the draws."""
+  from research.layers.fractal import FractalBlock
+  m = models.create("fractalnet", columns=3, widths=(3,) * 5, num_classes=2, global_prob=0.25)
+  x = jnp.zeros((1, 32, 32, 3))
+  v = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),  # values do not matter: the blocks are skipped
+                   jax.eval_shape(lambda: m.init(jax.random.key(0), x, train=False)))
+
+  def draw(key):
+    seen = []
+
+    def icpt(f, args, kwargs, ctx):
+      if isinstance(ctx.module, FractalBlock) and ctx.method_name == "__call__":
+        seen.append((kwargs["local"], kwargs["global_col"]))
+        return args[0]
+      return f(*args, **kwargs)
+
+    with nn.intercept_methods(icpt):
+      m.apply(v, x, train=True, rngs={"droppath": key, "dropout": key}, mutable=["batch_stats"])
+    assert len(seen) == 5
+    return jnp.stack([s[0] for s in seen]), jnp.stack([s[1] for s in seen])
+
+  n = 3000
+  local, col = map(np.asarray, jax.jit(jax.vmap(draw))(jax.random.split(jax.random.key(1), n)))
+  assert np.all(local == local[:, :1]) and np.all(col == col[:, :1])  # one draw per call, shared by all blocks
+  assert abs(1 - local[:, 0].mean() - 0.25) < 0.03  # P(global) = global_prob (sd 0.008 at n = 3000)
+  g = col[~local[:, 0], 0]
+  np.testing.assert_allclose(np.bincount(g, minlength=3) / len(g), [1 / 3] * 3, atol=0.04)

@@ -1,10 +1,12 @@
 """Each issue-5 experiment's smoke flagfile end to end (subprocess, the session's `shapes` data_dir)."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -20,21 +22,82 @@ def _run(module, data_dir, workdir, devices=1, timeout=600):
   return json.load(open(os.path.join(workdir, "summary.json")))
 
 
+def _logged(run_dir, key):
+  """{step: value} of ``key`` in ``run_dir/metrics.jsonl``, parsed here (last row per step wins, as on resume)."""
+  out = {}
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if key in row:
+        out[row["step"]] = row[key]
+  return out
+
+
+def _check_eval_counts(run_dir):
+  """Every logged eval accuracy is (correct examples) / eval/count: an integer numerator."""
+  acc, count = _logged(run_dir, "eval/accuracy"), _logged(run_dir, "eval/count")
+  assert acc and set(acc) == set(count)
+  for step in acc:
+    assert count[step] > 0 and abs(acc[step] * count[step] - round(acc[step] * count[step])) < 1e-6, (step, acc)
+  return acc, count
+
+
 def test_wrn_blocks_smoke(shapes_data_dir, tmp_path):
   s = _run("wrn_blocks", shapes_data_dir, tmp_path)
   assert s["all_match"] and [r["params_M"] for r in s["params_column"]] == [1.4, 1.2, 1.3, 1.3, 1.5, 1.1]
   (row,) = s["trained"]
-  assert row["block_type"] == "B(3,1,3)" and row["depth"] == 10 and 0 <= row["eval_accuracy"] <= 1
+  assert row["block_type"] == "B(3,1,3)" and row["depth"] == 10
+  # The row's accuracy is the run's logged evaluation after its 3 steps (eval_every = num_steps).
+  run_dir = tmp_path / "wrn10_1_b313"
+  acc, count = _check_eval_counts(run_dir)
+  assert list(acc) == [3] and row["eval_accuracy"] == acc[3] and row["eval_error"] == pytest.approx(1 - acc[3])
+  assert json.loads((run_dir / "results.json").read_text())["eval_count"] == count[3]
   assert os.path.exists(tmp_path / "summary.md")
 
 
 def test_super_convergence_smoke(shapes_data_dir, tmp_path):
+  """The summary against the runs' own logs, recomputed here: flagfile = range test 0.01 -> 1 in 12 steps, a step
+  baseline of 12 iterations at 0.1 and a one-cycle run of 6, evaluated every 6 iterations."""
   s = _run("super_convergence", shapes_data_dir, tmp_path)
   rt = s["lr_range_test"]
-  assert rt["steps_recorded"] >= 3 and rt["suggested_max_lr"] == pytest.approx(rt["lr_min_loss"] / 3)
+  # Range test: LRs 0.01 * 100 ** (i / 11); smoothed = centred 9-step average (shrinking at the ends); the minimum
+  # of the smoothed loss before the cut (blow-up) is the min-loss LR, suggested max LR = it / 3.
+  rec = json.loads((tmp_path / "lr_range_test.json").read_text())
+  lrs, losses = np.array(rec["lrs"]), np.array(rec["losses"])
+  assert len(lrs) == len(losses) == rt["steps_recorded"] >= 3
+  np.testing.assert_allclose(lrs, 0.01 * 100.0 ** (np.arange(len(lrs)) / 11), rtol=1e-9)
+  smoothed = [float(np.mean(losses[max(0, i - 4):i + 5])) for i in range(len(losses))]
+  np.testing.assert_allclose(rec["smoothed"], smoothed, rtol=1e-9)
+  cut = len(lrs) if rt["cut_lr"] is None else int(np.argmin(np.abs(lrs - rt["cut_lr"])))
+  assert rt["lr_min_loss"] == pytest.approx(lrs[int(np.argmin(smoothed[:cut]))], rel=1e-12)
+  assert rt["suggested_max_lr"] == pytest.approx(rt["lr_min_loss"] / 3)
   assert [r["schedule"] for r in s["runs"]] == ["step", "onecycle"]
-  assert s["runs"][1]["peak_lr"] == pytest.approx(rt["suggested_max_lr"])
-  assert s["runs"][0]["steps_to_target"] is not None  # the baseline reaches its own final accuracy
+  assert [r["peak_lr"] for r in s["runs"]] == [0.1, pytest.approx(rt["suggested_max_lr"])]
+  # Each run's curve is its logged evaluations; the target is the baseline's final one; iterations to target are
+  # the first logged evaluation at or above it.
+  curves = {}
+  for r, steps in zip(s["runs"], ([6, 12], [6])):
+    run_dir = tmp_path / r["name"]
+    acc, _ = _check_eval_counts(run_dir)
+    assert sorted(acc) == steps, acc
+    curves[r["name"]] = acc
+    assert [tuple(p) for p in r["curve"]] == sorted(acc.items())
+    assert r["final_accuracy"] == acc[steps[-1]] == json.loads((run_dir / "results.json").read_text())[
+        "eval_accuracy"]
+    assert r["best_accuracy"] == max(acc.values())
+  target = curves[s["runs"][0]["name"]][12]
+  assert s["target_accuracy"] == target and s["target_rule"] == "baseline final accuracy"
+  for r in s["runs"]:
+    assert r["steps_to_target"] == next((t for t, a in sorted(curves[r["name"]].items()) if a >= target), None)
+  # The learning rates the optimizer applied (logged train/learning_rate at step t = the LR of update t):
+  # step schedule x0.1 at 50% and 75% of 12 -> 0.001 from update 10; one cycle (6 updates, peak at
+  # floor(0.3 * 6) = 1, cosine down to peak / 2.5e5): update 6 uses peak * (1 + cos(0.8 pi)) / 2 (+ 1/2.5e5 of it).
+  step_lr = _logged(tmp_path / s["runs"][0]["name"], "train/learning_rate")
+  assert step_lr[10] == pytest.approx(1e-3, rel=1e-6) and step_lr[12] == pytest.approx(1e-3, rel=1e-6)
+  peak = rt["suggested_max_lr"]
+  one_lr = _logged(tmp_path / s["runs"][1]["name"], "train/learning_rate")
+  assert one_lr[6] == pytest.approx(peak / 2.5e5 + (peak - peak / 2.5e5) * (1 + math.cos(0.8 * math.pi)) / 2,
+                                    rel=1e-5)
   for f in ("lr_range_test.png", "curves.png", "summary.md", "lr_range_test.json"):
     assert (tmp_path / f).stat().st_size > 0
 

@@ -96,7 +96,7 @@ def test_markdown_table_and_file(tmp_path):
 
 def test_write_summary_and_line_plot(tmp_path):
   reporting.write_summary(str(tmp_path), {"b": 1, "a": [0.5]})
-  assert (tmp_path / "summary.json").read_text() == '{\n "b": 1,\n "a": [\n  0.5\n ]\n}'
+  assert (tmp_path / "summary.json").read_text() == '{\n  "a": [\n    0.5\n  ],\n  "b": 1\n}\n'  # fileio format
   assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary left behind
   png = tmp_path / "p.png"
   reporting.line_plot(str(png), {"x": ((32, 64), (0.1, 0.2))}, xlabel="b", ylabel="acc", log2_x=True,

@@ -82,6 +82,43 @@ def test_probe_cache_inference_mode_and_tail():
     probe_lib.make_probe("nonexistent_net", 3)
 
 
+def test_selection_table_hand_computed():
+  """3 experts x 3 targets in 2-D (prior scale 1, so the trivial embedding t0 is (1, 1)). d_sym by hand:
+  d(s, t) = 1 - cos(s / (s + t), t / (s + t)); with s0 = (1, 1), s1 = (3, 1), s2 = (1, 3):
+    target (1, 1):   s0 0 (identical),       s1 = s2 = 1 - 7/sqrt(65) = 0.1318 (also d(s1, t0) = d(s2, t0))
+    target (2, 1):   s0 1 - 17/(5 sqrt 13) = 0.0570, s1 1 - 49/sqrt(2501) = 0.0202, s2 1 - 59/sqrt(7081) = 0.2989
+    target (1.5, 1): s0 1 - 49/sqrt(2501) = 0.0202, s1 0.0570, s2 1 - 0.4275/0.5525 = 0.2262
+  so d_sym picks (s0, s1, s0); d_asym = d_sym - 0.5 d(s, t0) subtracts 0.0659 from s1/s2 and picks (s0, s1, s1)."""
+  from research.methods.task2vec.fisher import Embedding
+  e = lambda *h: Embedding(np.array(h, float), np.ones(2))  # noqa: E731
+  src, tgt = [e(1, 1), e(3, 1), e(1, 3)], [e(1, 1), e(2, 1), e(1.5, 1)]
+  errors = np.array([[0.10, 0.40, 0.30],
+                     [0.20, 0.25, 0.15],
+                     [0.30, 0.20, 0.60]])  # oracle: experts (0, 2, 1), errors (0.10, 0.20, 0.15)
+  generic = np.array([0.12, 0.30, 0.15])
+  t = sel.selection_table(errors, generic, src, tgt, alphas=(0.0, 0.5))
+  assert t["choices"] == {"symmetric": [0, 1, 0], "oracle": [0, 2, 1]}
+  assert t["oracle_error"] == pytest.approx(0.15)  # mean(0.10, 0.20, 0.15)
+  rel = t["relative_error_increase"]
+  # relative increase = mean over targets of (err - oracle) / oracle
+  assert rel["task2vec_symmetric"] == pytest.approx((0 + 0.05 / 0.20 + 0.15 / 0.15) / 3)  # errors 0.10, 0.25, 0.30
+  assert rel["generic_probe"] == pytest.approx((0.02 / 0.10 + 0.10 / 0.20 + 0) / 3)
+  assert rel["chance"] == pytest.approx((0.10 / 0.10 + (0.85 / 3 - 0.20) / 0.20 + 0.20 / 0.15) / 3)  # column means
+  assert rel["oracle"] == 0.0
+  assert t["mean_error"] == pytest.approx({"task2vec_symmetric": 0.65 / 3, "generic_probe": 0.57 / 3,
+                                           "chance": 2.5 / 9, "oracle": 0.15})
+  for alpha, choices, errs in [(0.0, [0, 1, 0], [0.10, 0.25, 0.30]), (0.5, [0, 1, 1], [0.10, 0.25, 0.15])]:
+    row = t["alpha_sweep"][alpha]
+    assert row["choices"] == choices and row["mean_error"] == pytest.approx(np.mean(errs))
+    assert row["relative_error_increase"] == pytest.approx(np.mean((np.array(errs) - [0.10, 0.20, 0.15]) /
+                                                                   [0.10, 0.20, 0.15]))
+  assert t["alpha_sweep"][0.5]["relative_error_increase"] == pytest.approx(0.25 / 3)  # only target 1 loses 25%
+  # A perfect oracle (error 0) would make the ratio undefined: the denominator is clamped at 1e-3.
+  t = sel.selection_table(np.array([[0.0], [0.01]]), np.array([0.002]), src[:2], tgt[:1], alphas=())
+  assert t["relative_error_increase"]["chance"] == pytest.approx(0.005 / 1e-3)
+  assert t["relative_error_increase"]["generic_probe"] == pytest.approx(0.002 / 1e-3)
+
+
 def test_selection_table_and_topk():
   from research.methods.task2vec.fisher import Embedding
   errors = np.array([[0.1, 0.5], [0.4, 0.2], [0.3, 0.3]])

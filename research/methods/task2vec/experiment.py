@@ -21,12 +21,13 @@ import numpy as np
 from scipy import stats
 
 from research import data as data_lib
+from research import fileio
+from research.configs import setting
 from research.methods.task2vec import distances as dist_lib
 from research.methods.task2vec import probe as probe_lib
 from research.methods.task2vec import selection as sel
 from research.methods.task2vec import tasks as tasks_lib
-from research.methods.task2vec.fisher import FisherConfig, FisherEmbedder, HeadConfig
-from research.train import checkpoint as ckpt_lib
+from research.methods.task2vec.fisher import ESTIMATORS, METHODS, FisherConfig, FisherEmbedder, HeadConfig
 from research.train import metrics as metrics_lib
 
 DISTANCE_NAMES = ("cosine", "normalized_cosine", "correlation", "kl", "jsd")
@@ -34,43 +35,47 @@ DISTANCE_NAMES = ("cosine", "normalized_cosine", "correlation", "kl", "jsd")
 
 @dataclasses.dataclass(frozen=True)
 class Task2VecConfig:
-  dataset: str = "shapes"
-  data_dir: str | None = None
+  """All settings of a Task2Vec run; each field with a flag is one flag of ``experiments.task2vec``
+  (``research.configs.setting``); the suite's flags are ``tasks.SuiteConfig``'s."""
+  dataset: str = setting("shapes", "Dataset with 'label' and 'coarse_label': shapes (offline) or cifar100.")
+  data_dir: str | None = setting(None, "TFDS data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
   # probe network
-  probe: str = "cifar_resnet18_w16"
-  probe_checkpoint: str | None = None
-  probe_label: str = "coarse"  # source task of the probe: 'coarse' or 'fine' labels of the train split
-  probe_steps: int = 250
-  probe_batch_size: int = 64
-  probe_learning_rate: float = 0.1
-  start_stage: int = 4  # Fisher on stages >= start_stage (cached inputs before it: skip_layers)
+  probe: str = setting("cifar_resnet18_w16", "Probe network: cifar_resnet{18,34}_w{width} or a registry name.")
+  probe_checkpoint: str | None = setting(None, "Load the probe from this orbax checkpoint instead of training it.")
+  probe_label: str = setting("coarse", "Source task of the probe (train split labels).", choices=("coarse", "fine"))
+  probe_steps: int = setting(250, "Probe training steps on the source task.")
+  probe_batch_size: int = setting(64, "Probe training batch size.")
+  probe_learning_rate: float = setting(0.1, "Probe peak learning rate (Nesterov SGD, cosine).")
+  start_stage: int = setting(4, "FIM on stages >= start_stage; earlier stages are cached once (skip_layers).")
   # image pool
-  train_per_class: int = 40
-  test_per_class: int = 20
-  max_samples: int = 400  # per task, class-balanced subsample for the FIM
+  train_per_class: int = setting(40, "Pooled train images per fine class.")
+  test_per_class: int = setting(20, "Pooled test images per fine class.")
+  max_samples: int = setting(400, "Max samples per task for the FIM (class-balanced subsample).")
   # FIM
-  method: str = "montecarlo"
-  estimator: str = "per_example"
-  fisher_epochs: int = 1
-  fisher_batch_size: int = 32
-  beta: float = 1e-7
-  variational_learning_rate: float = 1e-2
+  method: str = setting("montecarlo", "FIM estimator.", choices=METHODS)
+  estimator: str = setting("per_example", "Monte Carlo: exact per-example diagonal (vmap) or the reference's "
+                           "squared batch gradient.", choices=ESTIMATORS)
+  fisher_epochs: int = setting(1, "Passes over a task's data for the FIM.")
+  fisher_batch_size: int = setting(32, "FIM batch size (divisible by the device count).")
+  beta: float = setting(1e-7, "Variational FIM: weight of the KL term.")
+  variational_learning_rate: float = setting(1e-2, "Variational FIM: Adam learning rate of the log-variances.")
   # head fitting (reference: Adam 4e-4, L2 1e-4, 10 epochs, class-balanced)
-  head_learning_rate: float = 4e-4
-  head_weight_decay: float = 1e-4
-  head_epochs: int = 10
-  head_min_steps: int = 0
+  head_learning_rate: float = setting(4e-4, "Head fit: Adam learning rate (reference 4e-4).")
+  head_weight_decay: float = setting(1e-4, "Head fit: L2 (reference 1e-4).")
+  head_epochs: int = setting(10, "Head fit: epochs (reference 10).")
+  head_min_steps: int = setting(0, "Head fit: at least this many Adam steps (small tasks).")
   # suite and model selection
-  suite: tasks_lib.SuiteConfig = tasks_lib.SuiteConfig()
-  expert_steps: int = 60
-  expert_batch_size: int = 64
-  expert_learning_rate: float = 0.05
-  transfer_head_steps: int = 300
-  transfer_head_learning_rate: float = 1e-2
-  alpha: float = 0.15
-  distances: tuple[str, ...] = DISTANCE_NAMES
-  seed: int = 0
-  plots: bool = True
+  suite: tasks_lib.SuiteConfig = setting(tasks_lib.SuiteConfig(), "The task suite (its own flags).", flag=False)
+  expert_steps: int = setting(60, "Fine-tuning steps per expert (probe tail + head).")
+  expert_batch_size: int = setting(64, "Expert fine-tuning batch size.")
+  expert_learning_rate: float = setting(0.05, "Expert fine-tuning peak learning rate.")
+  transfer_head_steps: int = setting(300, "Min Adam steps of the linear head fitted on each expert.")
+  transfer_head_learning_rate: float = setting(1e-2, "Adam learning rate of the linear head fitted on each expert.",
+                                               flag=False)
+  alpha: float = setting(0.15, "α of d_asym(source -> target) = d_sym - α d_sym(source, trivial).")
+  distances: tuple[str, ...] = setting(DISTANCE_NAMES, "Distance matrices written to distances.csv.")
+  seed: int = setting(0, "Seed for the pool, task suite, probe and Fisher sampling.")
+  plots: bool = setting(True, "Write PNG figures.")
 
 
 def validate(cfg: Task2VecConfig) -> None:
@@ -330,11 +335,8 @@ def run(cfg: Task2VecConfig, workdir: str) -> dict[str, Any]:
   timings["total"] = time.time() - t_all
   summary["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
   for fname, payload in tmp.items():
-    path = os.path.join(workdir, fname)
-    with open(path + ".tmp", "wb") as f:
-      f.write(payload)
-    os.replace(path + ".tmp", path)
-  ckpt_lib.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    fileio.write_atomic(os.path.join(workdir, fname), payload)
+  fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

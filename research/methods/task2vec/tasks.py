@@ -24,6 +24,8 @@ from typing import Sequence
 
 import numpy as np
 
+from research.configs import setting
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
@@ -84,18 +86,22 @@ def taxonomy_from_labels(fine: np.ndarray, coarse: np.ndarray, hierarchy: dict |
 
 @dataclasses.dataclass(frozen=True)
 class SuiteConfig:
-  num_random: int = 4
-  random_size: int = 5
-  num_supers: int = 5  # super tasks (fine/coarse relabellings); all are expert sources
-  coarse_per_super: int = 4  # superclasses per super task when there is no group level
-  relabel_coarse: int = 2  # how many super tasks also get a coarse-labelled twin
-  ladder_bases: int = 2  # family tasks that get a difficulty ladder
-  ladder_noise: tuple[float, ...] = (0.25, 0.5)
-  ladder_samples: tuple[int, ...] = (20, 8)
-  target_samples: int = 10  # few-shot targets of the model-selection meta-task
-  family_experts: bool = True  # also use one family task per super as an expert (smaller source tasks)
-  max_families: int = 0  # 0: all superclasses
-  seed: int = 0
+  """The task suite; the fields with a flag are flags of ``experiments.task2vec`` (``research.configs.setting``),
+  ``flag=False`` ones are library-only. ``seed`` is set from ``Task2VecConfig.seed`` there."""
+  num_random: int = setting(4, "Random fine-class subset tasks.")
+  random_size: int = setting(5, "Fine classes per random task.", flag=False)
+  num_supers: int = setting(5, "Super tasks (groups of superclasses; fine/coarse relabellings); their fine "
+                            "versions are experts.")
+  coarse_per_super: int = setting(4, "Superclasses per super task when there is no group level.", flag=False)
+  relabel_coarse: int = setting(2, "Super tasks that also get a coarse-labelled twin (same images).")
+  ladder_bases: int = setting(2, "Family tasks with a difficulty ladder (noise, fewer samples, random).")
+  ladder_noise: tuple[float, ...] = setting((0.25, 0.5), "Label-noise levels of the difficulty ladders.", flag=False)
+  ladder_samples: tuple[int, ...] = setting((20, 8), "Samples per class of the difficulty ladders.", flag=False)
+  target_samples: int = setting(10, "Train images per class of the few-shot model-selection targets.")
+  family_experts: bool = setting(True, "Also use one family task per super as an expert (smaller source tasks).",
+                                 flag=False)
+  max_families: int = setting(0, "Use only the first N superclasses as family tasks (0 = all).")
+  seed: int = setting(0, "Seed of the suite (random tasks, ladders, targets).", flag=False)
 
 
 def _supers(tax: Taxonomy, cfg: SuiteConfig) -> list[tuple[str, list[int]]]:
