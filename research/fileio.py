@@ -47,3 +47,10 @@ def json_default(x: Any) -> Any:
 def write_json_atomic(path: str | os.PathLike, payload: Any) -> None:
   """``payload`` as JSON (indent 2, sorted keys, numpy/jax values via ``json_default``, final newline), atomically."""
   write_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=json_default) + "\n")
+
+
+def main_process() -> bool:
+  """True on the process that writes summaries, plots and other shared files (JAX process 0; always True in a
+  single-process run). Every writer of a shared file in ``research/`` checks it."""
+  import jax
+  return jax.process_index() == 0

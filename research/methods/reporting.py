@@ -1,7 +1,8 @@
 """Outputs shared by the training experiments (super_convergence, large_minibatch, wrn_blocks).
 
 ``summary.json`` (``research.fileio.write_json_atomic``: indent 2, sorted keys), ``summary.md`` (markdown tables
-separated by blank lines) and PNG line plots (matplotlib Agg backend, no display needed).
+separated by blank lines) and PNG line plots (matplotlib Agg backend, no display needed); written by process 0
+only in multi-process runs.
 """
 
 from __future__ import annotations
@@ -20,19 +21,25 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def write_markdown(path: str, *blocks: str) -> None:
   """Writes ``blocks`` (paragraphs or tables) separated by one blank line, with a final newline."""
+  if not fileio.main_process():
+    return
   with open(path, "w") as f:
     f.write("\n\n".join(blocks) + "\n")
 
 
 def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
   """Writes ``workdir/summary.json`` atomically (``research.fileio.write_json_atomic``: temporary file + rename)."""
-  fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  if fileio.main_process():
+    fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
 
 
 def line_plot(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,
               ylabel: str, figsize: tuple[float, float] = (6, 4), markersize: float = 6, log2_x: bool = False,
               hline: tuple[float, str] | None = None, legend_fontsize: float | str = "medium") -> None:
-  """One marked line per ``{label: (x, y)}`` entry, optionally a dashed horizontal ``(y, label)`` line; PNG."""
+  """One marked line per ``{label: (x, y)}`` entry, optionally a dashed horizontal ``(y, label)`` line; PNG
+  (process 0 only)."""
+  if not fileio.main_process():
+    return
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt

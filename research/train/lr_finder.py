@@ -180,7 +180,10 @@ def run_range_test(step_fn: Callable[[Any, Any], tuple[Any, float]], state: Any,
 
 
 def plot(result: LRRangeResult, path: str, title: str = "LR range test") -> None:
-  """Loss vs learning rate (log x) with the raw and smoothed curves and the suggested bounds; PNG."""
+  """Loss vs learning rate (log x) with the raw and smoothed curves and the suggested bounds; PNG (process 0)."""
+  from research import fileio
+  if not fileio.main_process():
+    return
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -230,6 +233,10 @@ def classify_range_test(cfg, *, min_lr: float = 1e-3, max_lr: float = 10.0, num_
 
 
 def write_json(result: LRRangeResult, path: str) -> None:
+  """The range test's summary and curves as JSON (process 0 only)."""
+  from research import fileio
+  if not fileio.main_process():
+    return
   rows = {**result.summary(), "lrs": result.lrs.tolist(), "losses": result.losses.tolist(),
           "smoothed": result.smoothed.tolist()}
   with open(path, "w") as f:

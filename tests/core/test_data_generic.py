@@ -1,6 +1,7 @@
 """Generic pipelines: any TFDS feature dict (boxes, masks, token ids, graphs), grayscale and non-square images,
 checkpointable iterator state, padded eval batches, and the multi-process build of procedural datasets."""
 
+import dataclasses
 import io
 
 import chex
@@ -262,3 +263,19 @@ def test_procedural_dataset_built_by_process_zero_only(tmp_path, monkeypatch):
   monkeypatch.setattr(jax, "process_index", lambda: 0)
   assert data.get_info("research_test_unlabelled", str(tmp_path / "b")).splits == {"train": 6}
   assert len(calls) == 3
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "research_test_scenes"])
+def test_classify_trains_on_grayscale_and_non_square_images(dataset, scenes_dir, tmp_path):
+  """`experiments.classify --dataset=mnist` used to die in the first step (3-channel stats broadcast a 1-channel
+  image); any channel count and H != W now train end to end."""
+  from research.train import classify
+  cfg = classify.ClassifyConfig(model="wrn10_1", dataset=dataset, num_steps=2, batch_size=8, eval_every=2,
+                                checkpoint_every=2, progress_bar=False, data_dir=str(tmp_path / "d"))
+  if dataset == "mnist":
+    with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path / "d")):
+      res = classify.train_and_evaluate(cfg, str(tmp_path / "w"))
+  else:
+    res = classify.train_and_evaluate(dataclasses.replace(cfg, data_dir=scenes_dir), str(tmp_path / "w"))
+  assert res["step"] == 2 and res["eval_count"] == (20 if dataset == "mnist" else 5)
+  assert np.isfinite(res["final_train_loss"]) and np.isfinite(res["eval_loss"])

@@ -334,9 +334,10 @@ def run(cfg: Task2VecConfig, workdir: str) -> dict[str, Any]:
   timings["outputs"] = time.time() - t
   timings["total"] = time.time() - t_all
   summary["timings_seconds"] = {k: round(v, 2) for k, v in timings.items()}
-  for fname, payload in tmp.items():
-    fileio.write_atomic(os.path.join(workdir, fname), payload)
-  fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  if fileio.main_process():  # every process computed the same summary; one writes it
+    for fname, payload in tmp.items():
+      fileio.write_atomic(os.path.join(workdir, fname), payload)
+    fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
   return summary
 
 

@@ -28,6 +28,7 @@ from research.data import normalize, random_crop_flip
 from research.models.cifar_resnet import PreActResNet
 from research.train import checkpoint as ckpt_lib
 from research.train import metrics as metrics_lib
+from research import fileio
 from research.data.memory import ArrayBatches
 from research.train import loop as loop_lib
 from research.train import losses, optim, steps
@@ -226,7 +227,8 @@ def train_probe(cfg: ProbeTrainConfig, images: np.ndarray, labels: np.ndarray, n
   trained = res["steps_run"] > 0
   final = {"final_train_loss": res["final_train_loss"] if trained else old.get("final_train_loss"),
            "final_train_accuracy": (_last_logged_accuracy(workdir) if trained else old.get("final_train_accuracy"))}
-  ckpt_lib.write_json_atomic(meta_path, {"config": cfg_dict, "finished": True, **final})
+  if fileio.main_process():
+    fileio.write_json_atomic(meta_path, {"config": cfg_dict, "finished": True, **final})
   variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
   return module, variables, {"resumed_from_step": res["resumed_from_step"], "trained_steps": res["steps_run"],
                              **final}
