@@ -200,8 +200,8 @@ def train(task: Task, train_data: Iterator[Mapping[str, np.ndarray]], *, config:
   """Trains ``task`` for ``config.num_steps`` steps, resuming from ``workdir/checkpoints``.
 
   ``variables`` = ``(params, model_state)`` starts from given weights instead of ``task.init``.
-  ``on_step(step, metrics)`` runs after every step (metrics are device arrays); returning True stops the run
-  (no final checkpoint). ``workdir=None``: nothing is written (no checkpoints, logs or results).
+  ``on_step(step, metrics)`` runs after every step, before that step's logging, eval and checkpoint (metrics
+  are device arrays); returning True stops the run at once (that step is not checkpointed). ``workdir=None``: nothing is written (no checkpoints, logs or results).
   ``run_config`` is written to ``workdir/config.json`` (a change on resume is reported). Returns the final
   state and the results dict (also written to ``workdir/results.json`` by process 0).
   """
@@ -239,6 +239,7 @@ def train(task: Task, train_data: Iterator[Mapping[str, np.ndarray]], *, config:
   last_train: dict[str, float] = {}
   eval_metrics: dict[str, float] | None = None
   t_loop, steps_run, t_wait = time.time(), 0, 0.0
+  last_checked = start_step  # metrics are checked for non-finite values at log and checkpoint steps
   stopped_by_hook = False
   try:
     for step in range(start_step, config.num_steps):
@@ -257,9 +258,11 @@ def train(task: Task, train_data: Iterator[Mapping[str, np.ndarray]], *, config:
         if config.halt_on_nonfinite and not all(math.isfinite(v) for v in last_train.values()):
           bad = sorted(k for k, v in last_train.items() if not math.isfinite(v))
           kept = f"The last good checkpoint is kept in {checkpointer.directory}." if checkpointer else ""
+          since = f" (first non-finite after step {last_checked}, the previous check)" if s - last_checked > 1 else ""
           raise FloatingPointError(
-              f"non-finite training metrics {bad} at step {s}: {last_train}. Stopped before checkpointing; lower "
-              f"the learning rate, add warmup or gradient clipping. {kept}")
+              f"non-finite training metrics {bad} at step {s}{since}: {last_train}. Stopped before "
+              f"checkpointing; lower the learning rate, add warmup or gradient clipping. {kept}")
+        last_checked = s
         last_train["steps_per_second"] = steps_run / max(time.time() - t_loop, 1e-9)
         last_train["input_wait_fraction"] = t_wait / max(time.time() - t_loop, 1e-9)
         if writer:

@@ -75,8 +75,10 @@ class Task:
   def optimizer(self) -> optax.GradientTransformation | Mapping[str, optax.GradientTransformation]:
     raise NotImplementedError
 
-  def loss(self, params, model_state, batch, rng, *, train: bool) -> tuple[jnp.ndarray, tuple[Any, Metrics]]:
-    """Per-device scalar loss (mean over this shard) and ``(new_model_state, metrics)``."""
+  def loss(self, params, model_state, batch, rng, *, train: bool) -> tuple[Any, tuple[Any, Metrics]]:
+    """Per-device loss and ``(new_model_state, metrics)``. The loss is this shard's mean, or ``(sum, count)``
+    over its real (unpadded) items for a global masked mean (``grad_of``). ``metrics`` are scalars; they are
+    averaged over devices, logged, and checked for non-finite values (so placeholders must be finite)."""
     raise NotImplementedError
 
   def eval_step(self, state: TrainState, batch) -> tuple[Metrics, Metrics]:
@@ -101,6 +103,9 @@ class Task:
     (loss, (model_state, metrics)), grads = grad_of(self.loss, state.params, state.model_state, batch, rng,
                                                     axis_name)
     model_state = self.sync_model_state(state.model_state, model_state, axis_name)
+    if isinstance(self.optimizer(), Mapping):
+      raise ValueError(f"{type(self).__name__}: several optimizers need an update rule; override Task.update "
+                       f"(see research/train/README.md)")
     params, opt_state, updates = apply_optimizer(self.optimizer(), grads, state.opt_state, state.params)
     metrics = {"loss": loss, **mean_over(metrics, axis_name), **norms(grads, params, updates)}
     return state.replace(step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state), metrics
@@ -120,20 +125,38 @@ class Task:
 def grad_of(loss_fn, params, model_state, batch, rng, axis_name: str | None):
   """``((loss, (model_state, metrics)), grads)`` of ``loss_fn`` with the loss averaged over ``axis_name``.
 
+  ``loss_fn`` returns either this shard's mean loss (equal-size shards: the mean of the means is the global
+  mean) or a pair ``(sum, count)`` over this shard's real items (padded tokens, boxes, nodes): the loss is then
+  ``psum(sum) / psum(count)``, the global masked mean, whatever the number of devices.
+
   Params are replicated (invariant over the axis), so shard_map's autodiff transposes their implicit
   broadcast into a psum: the gradient of the pmean-ed loss already is the all-reduced global-batch gradient,
   identical on every device (Goyal et al. 2017: normalise by the total minibatch).
   """
   def f(p):
     loss, aux = loss_fn(p, model_state, batch, rng, train=True)
+    if isinstance(loss, tuple):  # (sum over this shard's real items, their number): the GLOBAL masked mean
+      total, count = loss
+      count = jax.lax.stop_gradient(count)
+      if axis_name is not None:
+        total, count = jax.lax.psum(total, axis_name), jax.lax.psum(count, axis_name)
+      return total / jnp.maximum(count, 1), aux
     if axis_name is not None:
       loss = jax.lax.pmean(loss, axis_name)
     return loss, aux
   return jax.value_and_grad(f, has_aux=True)(params)
 
 
-def apply_optimizer(tx: optax.GradientTransformation, grads, opt_state, params):
-  """``(new_params, new_opt_state, updates)`` of one optax step."""
+def apply_optimizer(tx, grads, opt_state, params):
+  """``(new_params, new_opt_state, updates)`` of one optax step; with ``tx = {group: GradientTransformation}``
+  every group present in ``grads`` is stepped with its own optimizer (the others pass through unchanged)."""
+  if isinstance(tx, Mapping):
+    params, opt_state, updates = dict(params), dict(opt_state), {}
+    for k, g in grads.items():
+      if k not in tx:
+        raise ValueError(f"parameter group {k!r} has no optimizer; optimizer() has groups {sorted(tx)}")
+      params[k], opt_state[k], updates[k] = apply_optimizer(tx[k], g, opt_state[k], params[k])
+    return params, opt_state, updates
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state, updates
 
@@ -199,17 +222,36 @@ def _eval_step(task: Task, state: TrainState, batch):
   return jax.lax.psum(sums, DATA_AXIS), gathered
 
 
-@functools.cache
+def _check_hashable(task: Task) -> None:
+  try:
+    hash(task)
+  except TypeError:
+    raise TypeError(f"{type(task).__name__} is unhashable; the loop caches one compiled step per task object: "
+                    f"declare dataclass tasks with @dataclasses.dataclass(eq=False)") from None
+
+
 def compiled_train_step(task: Task, mesh: Mesh):
-  """``jit(shard_map(task.update))`` with the state donated; batch split along ``data``, outputs replicated."""
+  """``jit(shard_map(task.update))`` with the state donated; batch split along ``data``, outputs replicated.
+  Cached per (task object, mesh): training the same task again does not recompile."""
+  _check_hashable(task)
+  return _compiled_train_step(task, mesh)
+
+
+def compiled_eval_step(task: Task, mesh: Mesh):
+  """``jit(shard_map(task.eval_step))``: sums replicated, gathered arrays stay split along ``data``."""
+  _check_hashable(task)
+  return _compiled_eval_step(task, mesh)
+
+
+@functools.cache
+def _compiled_train_step(task: Task, mesh: Mesh):
   mapped = jax.shard_map(functools.partial(_train_step, task), mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                          out_specs=(P(), P()))
   return jax.jit(mapped, donate_argnums=(0,))
 
 
 @functools.cache
-def compiled_eval_step(task: Task, mesh: Mesh):
-  """``jit(shard_map(task.eval_step))``: sums replicated, gathered arrays stay split along ``data``."""
+def _compiled_eval_step(task: Task, mesh: Mesh):
   mapped = jax.shard_map(functools.partial(_eval_step, task), mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
                          out_specs=(P(), P(DATA_AXIS)))
   return jax.jit(mapped)

@@ -182,3 +182,84 @@ def test_float16_dynamic_loss_scaling_skips_overflowing_steps():
   after2, m2 = step(after.replace(model_state={**after.model_state, "dynamic_scale": ds}), batch)
   assert float(m2["grads_finite"]) == 1.0 and np.isfinite(float(m2["loss"]))
   assert not np.allclose(jax.device_get(after2.params)["layers_0"]["kernel"], before["layers_0"]["kernel"])
+
+
+@pytest.mark.slow  # ~1 min (GoogLeNet) + ~2 min (Inception v3) of XLA compilation on 2 CPU cores
+@pytest.mark.parametrize("name,res", [("googlenet", 96), ("inception_v3", 160)])
+def test_googlenet_and_inception_v3_train_with_auxiliary_heads(name, res):
+  """They return (logits, *aux) in training mode; before the Task port they could not train at all."""
+  from research import models
+  model = models.create(name, num_classes=5, aux_logits=True)
+  task = classify.ClassificationTask(model=model, tx=optax.sgd(0.01), loss_fn=losses.cross_entropy,
+                                     image_shape=(res, res, 3), num_classes=5,
+                                     aux_weight=classify.AUX_WEIGHTS[type(model).__name__])
+  mesh = task_lib.make_mesh(jax.devices()[:1])
+  _, state = task_lib.init_train_state(task, 0, None, mesh)
+  assert any(k.startswith(("aux", "Aux")) for k in state.params)
+  batch = task_lib.global_batch({"image": np.random.default_rng(0).normal(size=(2, res, res, 3)).astype(np.float32),
+                                 "label": np.array([0, 1])}, mesh)
+  state, m = task_lib.compiled_train_step(task, mesh)(state, batch)
+  assert np.isfinite(float(m["loss"])) and int(state.step) == 1
+
+
+class MaskedMean(task_lib.Task):
+  """Loss = (sum, count) over the real rows: the global masked mean on any number of devices (grad_of)."""
+
+  def init(self, rng, batch):
+    return {"w": jnp.zeros((3,))}, {}
+
+  def optimizer(self):
+    return optax.sgd(0.1)
+
+  def loss(self, params, model_state, batch, rng, *, train):
+    se = jnp.sum((batch["x"] @ params["w"] - batch["y"]) ** 2 * batch["m"])
+    return (se, jnp.sum(batch["m"])), (model_state, {})
+
+
+def test_sum_count_loss_is_the_global_masked_mean_on_any_device_count():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(8, 3)).astype(np.float32)
+  b = {"x": x, "y": x @ np.array([1.0, 2.0, 3.0], np.float32), "m": np.array([1, 1, 1, 1, 1, 1, 0, 0], np.float32)}
+  out = []
+  for devices in (jax.devices()[:1], jax.devices()):  # 4 devices: 2 real rows on 3 shards, none on the last
+    mesh = task_lib.make_mesh(devices)
+    task = MaskedMean()
+    _, state = task_lib.init_train_state(task, 0, None, mesh)
+    state, m = task_lib.compiled_train_step(task, mesh)(state, task_lib.global_batch(b, mesh))
+    out.append((float(m["loss"]), jax.device_get(state.params["w"])))
+  expected_loss = np.sum(b["y"][:6] ** 2) / 6  # w = 0
+  expected_w = 0.1 * 2 * (x[:6].T @ b["y"][:6]) / 6
+  for loss, w in out:
+    np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
+    np.testing.assert_allclose(w, expected_w, rtol=1e-5)
+
+
+def test_unhashable_task_and_missing_update_rule_are_explained():
+  import dataclasses
+
+  @dataclasses.dataclass
+  class Unhashable(MaskedMean):
+    pass
+
+  with pytest.raises(TypeError, match=r"eq=False"):
+    task_lib.compiled_train_step(Unhashable(), task_lib.make_mesh())
+
+  class TwoGroups(MaskedMean):
+    def init(self, rng, batch):
+      return {"a": {"w": jnp.zeros((3,))}, "b": {"w": jnp.zeros((3,))}}, {}
+
+    def optimizer(self):
+      return {"a": optax.sgd(0.1), "b": optax.sgd(0.1)}
+
+    def loss(self, params, model_state, batch, rng, *, train):
+      return jnp.sum(params["a"]["w"] + params["b"]["w"]), (model_state, {})
+
+  grads = {"a": {"w": jnp.ones(3)}}
+  params = {"a": {"w": jnp.zeros(3)}, "b": {"w": jnp.zeros(3)}}
+  tx = TwoGroups().optimizer()
+  new, _, _ = task_lib.apply_optimizer(tx, grads, task_lib.init_optimizer_state(tx, params), params)
+  np.testing.assert_allclose(new["a"]["w"], -0.1) and np.testing.assert_allclose(new["b"]["w"], 0.0)
+  with pytest.raises(ValueError, match="override Task.update"):
+    jax.eval_shape(lambda: TwoGroups().update(task_lib.init_train_state(TwoGroups(), 0, None,
+                                                                        task_lib.make_mesh())[1], {},
+                                              jax.random.PRNGKey(0), axis_name=None))
