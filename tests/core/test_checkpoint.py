@@ -18,8 +18,9 @@ def _cfg(data_dir, **kw):
   return classify.ClassifyConfig(**base)
 
 
+@pytest.mark.slow  # default run: test_classify_cli's SIGKILL test and test_loop's resume tests cover this
 def test_resume_is_bit_identical(shapes_data_dir, tmp_path):
-  """Fast in-process variant of kill-and-resume: drop the final checkpoint and rerun the same command."""
+  """In-process kill-and-resume: drop the final checkpoint and rerun the same command."""
   straight = classify.train_and_evaluate(_cfg(shapes_data_dir), str(tmp_path / "a"))
   workdir = str(tmp_path / "b")
   classify.train_and_evaluate(_cfg(shapes_data_dir), workdir)

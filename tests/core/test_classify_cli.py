@@ -64,6 +64,9 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_pinned_result(shapes_d
   results = json.load(open(tmp_path / "results.json"))
   assert results["resumed_from_step"] == 6 and results["step"] == 12
   assert results["params_sha256"] == SMOKE_SHA256[1], _cpu_note()
+  # The metrics log has each step once, as an uninterrupted run's: train rows every 3 steps, eval at 12.
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [3, 6, 9, 12, 12] and "eval/accuracy" in rows[-1]
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -10,6 +10,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from multihost_helpers import REPO, child_env
 
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_script.py")
@@ -62,6 +64,7 @@ def start(cmd: list[str], env: dict[str, str]) -> Output:
                                  start_new_session=True))
 
 
+@pytest.mark.slow  # default run: test_surviving_process_exits_by_itself_when_its_peer_dies covers a peer's death
 def test_launcher_exits_nonzero_when_a_process_is_killed_mid_run(shapes_dir, tmp_path):
   """SIGKILL one of two classify processes after training started: launch.local stops the other and exits
   non-zero within 60 s (here it also names the dead process)."""
