@@ -6,7 +6,14 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+  _flags = (_flags + " --xla_force_host_platform_device_count=4").strip()
+# Tests compile hundreds of small programs and run each a few times: LLVM's optimisation passes cost more than
+# they save (-30% wall time measured). Subprocesses get it through RESEARCH_TEST_XLA_FLAGS, except the runs
+# whose params_sha256 is pinned to a value measured with the default compiler (tests/core/test_classify_cli.py).
+os.environ.setdefault("RESEARCH_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0")
+if "xla_backend_optimization_level" not in _flags:
+  _flags = f"{_flags} {os.environ['RESEARCH_TEST_XLA_FLAGS']}".strip()
+os.environ["XLA_FLAGS"] = _flags
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TFDS_DISABLE_GCS", "1")
 # One persistent XLA compilation cache for the session and the subprocesses it starts (experiment smoke runs,

@@ -25,6 +25,7 @@ def _run(args, timeout=600, env_devices=1):
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # default run: the SIGKILL test below runs the same flagfile (1 device) with the same checks
 def test_smoke_flagfile_end_to_end(shapes_data_dir, tmp_path):
   proc = _run([f"--flagfile={SMOKE}", f"--workdir={tmp_path}", f"--data_dir={shapes_data_dir}",
                "--noprogress_bar"], env_devices=2)
@@ -64,6 +65,10 @@ def test_sigkill_after_a_checkpoint_then_resume_gives_the_pinned_result(shapes_d
   results = json.load(open(tmp_path / "results.json"))
   assert results["resumed_from_step"] == 6 and results["step"] == 12
   assert results["params_sha256"] == SMOKE_SHA256[1], _cpu_note()
+  for key in ("eval_accuracy", "eval_loss", "final_train_loss", "wall_seconds"):
+    assert key in results
+  assert results["num_devices"] == 1 and results["eval_count"] == 5000 and results["num_params"] == 83_700
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tb"))
   # The metrics log has each step once, as an uninterrupted run's: train rows every 3 steps, eval at 12.
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [3, 6, 9, 12, 12] and "eval/accuracy" in rows[-1]

@@ -250,7 +250,8 @@ def _cmd(name, workdir, *extra):
 
 
 def _env():
-  return dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")
+  return dict(os.environ, JAX_PLATFORMS="cpu",
+              XLA_FLAGS="--xla_force_host_platform_device_count=1 " + os.environ.get("RESEARCH_TEST_XLA_FLAGS", ""))
 
 
 @pytest.mark.parametrize("name", TASKS)

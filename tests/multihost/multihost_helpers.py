@@ -22,6 +22,11 @@ def child_env(devices: int | None = None, **extra: str) -> dict[str, str]:
               "TFDS_DISABLE_GCS": "1"})
   if devices is not None:
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  # The default compiler in every child (not the test session's fast-compile flag): the tolerances here compare
+  # process layouts and were measured with it.
+  fast = os.environ.get("RESEARCH_TEST_XLA_FLAGS", "")
+  if fast:
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split() if f not in fast.split())
   env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
   env.update(extra)
   return env

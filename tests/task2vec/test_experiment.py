@@ -20,7 +20,7 @@ SMOKE = os.path.join(ROOT, "experiments", "configs", "task2vec_smoke.flags")
 
 def _cli(*args, timeout=600):
   env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)  # the CLI as a user runs it: the real device count
+  env["XLA_FLAGS"] = env.get("RESEARCH_TEST_XLA_FLAGS", "")  # the CLI as a user runs it: the real device count
   return subprocess.run([sys.executable, "-m", "experiments.task2vec", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 
