@@ -78,6 +78,22 @@ def test_bad_flags_fail_cleanly_before_writing(tmp_path, flag, message):
   assert not work.exists()
 
 
+def test_probe_training_is_reused_on_rerun_fast(tmp_path):
+  """Fast variant of the test below: the same reuse / resume contract with the smallest registered network."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 16)
+  cfg = probe_lib.ProbeTrainConfig(probe="wrn10_1", num_steps=2, batch_size=8, warmup_steps=0)
+  args = (images, labels, 3, (0.5,) * 3, (0.25,) * 3, str(tmp_path))
+  _, v1, info1 = probe_lib.train_probe(cfg, *args, progress=False)
+  _, v2, info2 = probe_lib.train_probe(cfg, *args, progress=False)
+  assert info1["trained_steps"] == 2 and info2["trained_steps"] == 0 and info2["resumed_from_step"] == 2
+  assert info2["final_train_loss"] == info1["final_train_loss"]
+  chex.assert_trees_all_equal(v1, v2)
+  with pytest.raises(ValueError, match="different settings"):
+    probe_lib.train_probe(dataclasses.replace(cfg, num_steps=3), *args, progress=False)
+
+
 @pytest.mark.slow  # ~50 s of XLA compilation on 2 CPU cores
 def test_probe_is_reused_on_rerun(tmp_path):
   rng = np.random.default_rng(0)
