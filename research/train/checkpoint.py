@@ -19,7 +19,6 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from research.fileio import json_default as _json_default  # noqa: F401  (research.train.loop uses it)
 from research.fileio import write_json_atomic  # noqa: F401  (re-exported: research.train.write_json_atomic)
 
 log = logging.getLogger(__name__)

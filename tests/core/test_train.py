@@ -1,6 +1,5 @@
 """Trainer: per-device step == single-device step on the global batch, no retracing, optimizer rules."""
 
-import functools
 import math
 
 import chex

@@ -1,7 +1,6 @@
 """Recipes (research/train/recipes.py + classify flags): Goyal et al.'s large-minibatch rules, BN freezing,
 center loss, temperature, flag validation."""
 
-import functools
 
 import chex
 import flax.linen as nn
