@@ -32,10 +32,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from research.data import scenes as scenes_lib  # noqa: F401  (registers the TFDS builder "shapes_scenes")
 from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
 from research.data import shapes_render
 
-PROCEDURAL = {"shapes": shapes_lib.Shapes}
+PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
@@ -142,6 +143,9 @@ def _readable(builder) -> bool:
 
 def get_source(name: str, split: str, data_dir: str | None = None):
   """Random-access source of decoded examples (dicts of numpy arrays / ints)."""
+  if name == "coco_json":  # the official COCO layout under data_dir, read with pycocotools (research.data.coco)
+    from research.data import coco
+    return coco.CocoJsonSource(data_dir or default_data_dir(), split)
   builder = _builder(name, data_dir)
   sizes = _split_sizes(builder)
   if split not in sizes:
@@ -156,6 +160,9 @@ def get_source(name: str, split: str, data_dir: str | None = None):
 
 def get_info(name: str, data_dir: str | None = None) -> DataInfo:
   """Features, their shapes/dtypes and the split sizes of any dataset (procedural ones are built first)."""
+  if name == "coco_json":
+    from research.data import coco
+    return coco.get_info(data_dir or default_data_dir())
   builder = _builder(name, data_dir)
   features = builder.info.features
   sizes = _split_sizes(builder)

@@ -8,7 +8,9 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from research.ops import roi_align
+from research.ops import roi_align, roi_pool
+
+POOLERS = ("align", "pool")
 
 
 def fpn_levels(boxes: jnp.ndarray, min_level: int, max_level: int, canonical_size: float = 224.0,
@@ -21,13 +23,18 @@ def fpn_levels(boxes: jnp.ndarray, min_level: int, max_level: int, canonical_siz
 
 def multilevel_roi_align(features: Sequence[jnp.ndarray], strides: Sequence[int], boxes, box_indices, output_size,
                          *, sampling_ratio: int = 2, aligned: bool = True, canonical_size: float = 224.0,
-                         canonical_level: int = 4, impl: str = "auto") -> jnp.ndarray:
+                         canonical_level: int = 4, impl: str = "auto", pooler: str = "align") -> jnp.ndarray:
   """RoIAlign each box ``[K, 4]`` (image coordinates) on its FPN level -> ``[K, ph, pw, C]``.
+
+  ``pooler="pool"`` uses RoIPool (Girshick 2015: quantised bins, max) instead of RoIAlign -- Mask R-CNN's
+  Table 2c ablation; ``sampling_ratio`` and ``aligned`` then do not apply.
 
   ``features[l]`` is ``[N, H_l, W_l, C]`` with stride ``strides[l]`` (a power of two, level ``log2(stride)``).
   Works under ``jit``: every level pools all boxes, with the boxes of other levels replaced by NaN boxes
   (which give exactly 0 and cost nothing in the C++ kernel), and the levels are summed.
   """
+  if pooler not in POOLERS:
+    raise ValueError(f"multilevel_roi_align: pooler={pooler!r}; choose one of {POOLERS}")
   if len(features) != len(strides) or not features:
     raise ValueError(f"multilevel_roi_align: {len(features)} feature maps for strides {tuple(strides)}")
   levels = [int(round(math.log2(s))) for s in strides]
@@ -38,8 +45,11 @@ def multilevel_roi_align(features: Sequence[jnp.ndarray], strides: Sequence[int]
   out = None
   for feat, lvl, stride in zip(features, levels, strides):
     b = jnp.where((target == lvl)[:, None], boxes, jnp.nan)
-    o = roi_align(feat, b, box_indices, output_size, spatial_scale=1.0 / stride, sampling_ratio=sampling_ratio,
-                  aligned=aligned, impl=impl)
+    if pooler == "pool":
+      o = roi_pool(feat, b, box_indices, output_size, spatial_scale=1.0 / stride, impl=impl)
+    else:
+      o = roi_align(feat, b, box_indices, output_size, spatial_scale=1.0 / stride, sampling_ratio=sampling_ratio,
+                    aligned=aligned, impl=impl)
     out = o if out is None else out + o
   return out
 

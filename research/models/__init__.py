@@ -14,5 +14,6 @@ from research.models import fractalnet as _fractalnet  # noqa: F401,E402
 from research.models import mobile as _mobile  # noqa: F401,E402
 from research.models import inception as _inception  # noqa: F401,E402
 from research.models import resnet as _resnet  # noqa: F401,E402
+from research.models import detection as _detection  # noqa: F401,E402  (family "detection")
 
 __all__ = ["create", "names", "register", "register_pattern"]

@@ -15,16 +15,21 @@ import flax.linen as nn
 Factory = Callable[..., nn.Module]
 
 _EXACT: dict[str, Factory] = {}
+_FAMILY: dict[str, str] = {}
+FAMILIES = ("classification", "detection", "segmentation", "pose", "generative", "sequence", "graph")
 _PATTERNS: list[tuple[re.Pattern[str], Callable[..., nn.Module], str]] = []
 
 
-def register(name: str) -> Callable[[Factory], Factory]:
-  """Decorator registering ``factory(**kw) -> nn.Module`` under ``name``."""
+def register(name: str, family: str = "classification") -> Callable[[Factory], Factory]:
+  """Decorator registering ``factory(**kw) -> nn.Module`` under ``name`` in a model ``family``."""
+  if family not in FAMILIES:
+    raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
 
   def deco(factory: Factory) -> Factory:
     if name in _EXACT:
       raise ValueError(f"model {name!r} is already registered")
     _EXACT[name] = factory
+    _FAMILY[name] = family
     return factory
 
   return deco
@@ -40,12 +45,15 @@ def register_pattern(pattern: str, example: str) -> Callable[[Callable[..., nn.M
   return deco
 
 
-def names() -> list[str]:
-  """All exactly registered model names (pattern families are listed by their registered members)."""
-  return sorted(_EXACT)
+def names(family: str | None = "classification") -> list[str]:
+  """Registered model names of one family (default: the classification backbones; ``None``: every family).
+  Pattern families are listed by their registered members."""
+  if family is not None and family not in FAMILIES:
+    raise ValueError(f"unknown model family {family!r}; choose one of {FAMILIES}")
+  return sorted(n for n in _EXACT if family is None or _FAMILY[n] == family)
 
 
-def create(name: str, **kwargs) -> nn.Module:
+def create(name: str, /, **kwargs) -> nn.Module:
   """Builds the model ``name``; ``kwargs`` go to its factory (``num_classes``, ``dtype``, ...)."""
   if name in _EXACT:
     return _EXACT[name](**kwargs)
@@ -53,10 +61,10 @@ def create(name: str, **kwargs) -> nn.Module:
     m = pattern.fullmatch(name)
     if m:
       return factory(m, **kwargs)
-  close = difflib.get_close_matches(name, names(), n=3)
+  close = difflib.get_close_matches(name, names(None), n=3)
   hint = f" Did you mean {', '.join(close)}?" if close else ""
   families = ", ".join(ex for _, _, ex in _PATTERNS)
   raise ValueError(
-      f"unknown model {name!r}.{hint} Known models: research.models.names() ({len(_EXACT)} names); "
+      f"unknown model {name!r}.{hint} Known models: research.models.names(family) ({len(_EXACT)} names in {len(set(_FAMILY.values()))} families); "
       f"name families: {families}."
   )

@@ -47,3 +47,29 @@ def exact_div(a, b):
   reciprocal (1 ulp off); sample positions on the validity boundary must round exactly as torchvision's."""
   a, b = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b, dtype=jnp.result_type(a)))
   return a / jax.lax.optimization_barrier(b)
+
+
+def match_vma(grads: Sequence, primals: Sequence) -> tuple:
+  """Casts each gradient to the varying-manual-axes type of its primal input (``None`` passes through).
+
+  Inside ``shard_map`` a ``custom_vjp`` backward rule must return cotangents of exactly the primals' types,
+  including the set of mesh axes they vary over; XLA FFI calls and fresh ``jnp.zeros`` carry none, so the
+  C++ backward kernels' outputs are cast here (a no-op outside ``shard_map``).
+  """
+  out = []
+  for g, p in zip(grads, primals):
+    if g is not None and p is not None:
+      missing = tuple(sorted(_varying(p) - _varying(g)))
+      if missing:
+        g = jax.lax.pcast(g, missing, to="varying")
+    out.append(g)
+  return tuple(out)
+
+
+def _varying(x) -> set:
+  """The mesh axes ``x`` varies over inside ``shard_map`` (empty outside)."""
+  t = jax.typeof(x)
+  mat = getattr(t, "manual_axis_type", None)
+  if mat is not None:
+    return set(mat.varying)
+  return set(getattr(t, "vma", ()))  # older JAX spelling

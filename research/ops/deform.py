@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.ops import _ffi
-from research.ops._util import FFI_DTYPES, HIGHEST, compute_dtype, pair
+from research.ops._util import FFI_DTYPES, HIGHEST, compute_dtype, match_vma, pair
 
 
 def _out_size(size, k, s, p, d):
@@ -271,7 +271,7 @@ def _dcn_ffi_bwd(stride, padding, dilation, groups, og, res, g):
   goff = _unsplit(goff, b, ho).astype(offset.dtype)
   gmask = _unsplit(gmask, b, ho).astype(mask.dtype)
   gb = None if bias is None else g32.sum(axis=(0, 1, 2)).astype(bias.dtype)
-  return gx.astype(x.dtype), goff, gw.astype(weight.dtype), gmask, gb
+  return match_vma((gx.astype(x.dtype), goff, gw.astype(weight.dtype), gmask, gb), res)
 
 
 _deform_conv2d_ffi.defvjp(_dcn_ffi_fwd, _dcn_ffi_bwd)

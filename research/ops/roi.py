@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from research.ops import _ffi
-from research.ops._util import FFI_DTYPES, HIGHEST, chunked_map, compute_dtype, exact_div, pair
+from research.ops._util import FFI_DTYPES, HIGHEST, chunked_map, compute_dtype, exact_div, match_vma, pair
 
 _ELEMS_PER_CHUNK = 1 << 23  # bound on the per-chunk intermediate of the references (elements)
 
@@ -203,7 +203,7 @@ def _roi_align_ffi_bwd(ph, pw, spatial_scale, sampling_ratio, aligned, mode, res
   call = jax.ffi.ffi_call(_ffi.target("roi_align_bwd"), out, vmap_method="broadcast_all")
   gf = call(g, boxes.astype(jnp.float32), box_indices.astype(jnp.int32),
             **_roi_attrs(ph, pw, spatial_scale, sampling_ratio, aligned, mode))
-  return gf, None, None
+  return match_vma((gf, None, None), res)
 
 
 _roi_align_ffi.defvjp(_roi_align_ffi_fwd, _roi_align_ffi_bwd)
@@ -331,7 +331,7 @@ def _roi_pool_ffi_bwd(ph, pw, spatial_scale, res, g):
   features, box_indices, argmax = res
   call = jax.ffi.ffi_call(_ffi.target("roi_pool_bwd"), jax.ShapeDtypeStruct(features.shape, features.dtype),
                           vmap_method="broadcast_all")
-  return call(g, box_indices.astype(jnp.int32), argmax), None, None
+  return match_vma((call(g, box_indices.astype(jnp.int32), argmax), None, None), (features, None, None))
 
 
 _roi_pool_ffi.defvjp(_roi_pool_ffi_fwd, _roi_pool_ffi_bwd)

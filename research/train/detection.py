@@ -1,0 +1,339 @@
+"""Two-stage detection as a ``Task``: Faster R-CNN (C4 / FPN) and Mask R-CNN on ``shapes_scenes`` or COCO.
+
+``train_and_evaluate(DetectionConfig(...), workdir)`` trains through the one loop (``research.train.loop``),
+evaluates with pycocotools (box and mask AP, AP50, AP75, APs/APm/APl over all processes) and writes
+``results.json``, ``<workdir>/detections.json`` (COCO results format) and ``<workdir>/gt_coco.json``.
+
+Data: any source of the shared detection example format (``research.data.scenes.to_detection_example``):
+``shapes_scenes`` (offline, built on first use), TFDS ``coco/2017`` (boxes only), or ``--dataset=coco_json``
+with ``--data_dir`` in the official COCO layout (boxes and instance masks through pycocotools). Images are
+resized to fit ``image_size`` keeping the aspect ratio and padded bottom/right; detections are mapped back to
+the original image for evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from research import fileio
+from research import models
+from research.configs import setting
+from research.data import transforms as T
+from research.models.detection import paste_masks
+from research.train import loop as loop_lib
+from research.train import optim
+from research.train import task as task_lib
+
+log = logging.getLogger(__name__)
+
+MEAN, STD = 0.5, 0.25  # images are (x / 255 - MEAN) / STD
+
+
+@dataclasses.dataclass
+class DetectionConfig:
+  """All settings of a detection run; each field is one absl flag of ``experiments.mask_rcnn`` & co."""
+  model: str = setting("mask_rcnn_fpn", "Detector (research.models.names('detection')).")
+  backbone: str = setting("resnet18", "Backbone with features_only (research.models.names()).")
+  backbone_width: int = setting(32, "Width of the backbone's first stage (64 = the published ResNets).")
+  dataset: str = setting("shapes_scenes", "shapes_scenes (offline), coco_json (official layout in --data_dir) or "
+                         "a prepared TFDS detection dataset (coco/2017).")
+  data_dir: str | None = setting(None, "Data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
+  train_split: str = setting("train", "Training split.")
+  eval_split: str = setting("validation", "Evaluated split.")
+  eval_examples: int = setting(0, "Evaluate on the first N examples of --eval_split (0 = all).")
+  image_size: int = setting(128, "Images are resized to fit a square of this size (divisible by 64).")
+  max_instances: int = setting(16, "Ground-truth objects per image kept (padded to this many).")
+  pooler: str = setting("align", "RoI feature extraction: align (RoIAlign) or pool (RoIPool).",
+                        choices=("align", "pool"))
+  fpn_channels: int = setting(64, "FPN channels (256 in the paper).")
+  representation: int = setting(256, "Width of the 2fc box head (1024 in the paper).")
+  mask_channels: int = setting(64, "Channels of the mask head's convs (256 in the paper).")
+  mask_convs: int = setting(2, "3x3 convs in the mask head (4 in the paper).")
+  mask_rois_per_image: int = setting(16, "Positive RoIs per image the mask head trains on (0 = all).")
+  roi_batch: int = setting(128, "Sampled RoIs per image (512 in the paper).")
+  rpn_post_nms_train: int = setting(600, "Proposals per image in training (2000 in the paper).")
+  rpn_post_nms_test: int = setting(300, "Proposals per image at test time (1000 in the paper).")
+  max_detections: int = setting(50, "Detections per image after NMS (100 in COCO's AP).")
+  num_steps: int = setting(3000, "Training steps.")
+  batch_size: int = setting(8, "Global batch size (divisible by the device count).")
+  eval_batch_size: int = setting(0, "Global eval batch size; 0 = --batch_size.")
+  learning_rate: float = setting(0.02, "Peak learning rate (SGD momentum 0.9).")
+  warmup_steps: int = setting(200, "Linear warmup from 1/10 of the peak LR.")
+  schedule: str = setting("cosine", "LR schedule after warmup.", choices=optim.SCHEDULES)
+  weight_decay: float = setting(1e-4, "L2 weight decay (not on BatchNorm parameters and biases).")
+  grad_clip_norm: float = setting(10.0, "Clip gradients to this global norm (0 = off).")
+  hflip: bool = setting(True, "Random horizontal flips in training.")
+  seed: int = setting(0, "Seed for init, data order, augmentation and sampling.")
+  eval_every: int = setting(1000, "Evaluate every N steps (and at the end).")
+  checkpoint_every: int = setting(500, "Checkpoint every N steps (and at the end).")
+  keep_checkpoints: int = setting(2, "Checkpoints kept.")
+  log_every: int = setting(20, "Log training metrics every N steps.")
+  progress_bar: bool = setting(True, "Show a progress bar (process 0).")
+  prefetch: int = setting(2, "Batches put on the devices ahead of the step.")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+@dataclasses.dataclass(frozen=True)
+class DetectionTransform:
+  """Decoded record -> fixed-shape model input (picklable, so grain workers can run it).
+
+  ``image`` float32 [S,S,3] normalised, ``boxes`` [G,4], ``labels`` int32 [G], ``instance_mask`` [G],
+  ``masks`` uint8 [G,S,S] (mask models), ``image_id`` int64, ``scale`` float32 (model pixels per original
+  pixel), ``orig_size`` int32 [2] (original height, width). Crowd regions and boxes under 1 pixel are not
+  training targets; images keep their aspect ratio and are padded bottom/right.
+  """
+  image_size: int
+  max_instances: int
+  num_classes: int
+  with_masks: bool
+  hflip: bool = False
+
+  def __call__(self, raw, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    from research.data import scenes
+    ex = scenes.to_detection_example(raw) if "boxes" not in raw else dict(raw)
+    h, w = ex["image"].shape[:2]
+    labels = np.asarray(ex["labels"])
+    if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):
+      raise ValueError(f"image {ex.get('image_id')}: labels {sorted(set(labels.tolist()))} outside [0, "
+                       f"{self.num_classes}); the dataset and the model disagree on the number of classes")
+    if self.with_masks and "masks" not in ex:
+      raise ValueError("this dataset has no instance masks; a mask model (mask_rcnn_*) needs them: use "
+                       "--dataset=shapes_scenes or --dataset=coco_json, or a Faster R-CNN")
+    keep = ~np.asarray(ex.get("is_crowd", np.zeros(len(labels), bool)), bool)
+    boxes = np.asarray(ex["boxes"], np.float32).reshape(-1, 4)
+    keep &= (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+    keys = ["image", "boxes", "labels"] + (["masks"] if self.with_masks else [])
+    ex = T.select_instances({k: ex[k] for k in keys}, keep)
+    s = self.image_size / max(h, w)
+    if (h, w) != (self.image_size, self.image_size):
+      ex = T.resize_to(ex, (max(1, round(h * s)), max(1, round(w * s))))
+      ex = T.crop(ex, 0, 0, self.image_size, self.image_size, fill=0)
+    if rng is not None and self.hflip:
+      ex = T.random_hflip(ex, rng)
+    ex = T.pad_instances(ex, self.max_instances, truncate=True)
+    out = {"image": ((ex["image"].astype(np.float32) / 255.0 - MEAN) / STD),
+           "boxes": ex["boxes"].astype(np.float32), "labels": ex["labels"].astype(np.int32),
+           "instance_mask": ex["instance_mask"], "image_id": np.int64(raw_image_id(raw)),
+           "scale": np.float32(s), "orig_size": np.array([h, w], np.int32)}
+    if self.with_masks:
+      out["masks"] = ex["masks"].astype(np.uint8)
+    return out
+
+
+def raw_image_id(raw) -> int:
+  for k in ("image_id", "image/id"):
+    if k in raw:
+      return int(raw[k])
+  raise ValueError(f"record has no image id ('image_id' or 'image/id'); keys {sorted(raw)}")
+
+
+# ------------------------------------------------------------------------------------------------ task
+
+@dataclasses.dataclass(eq=False)
+class DetectionTask(task_lib.Task):
+  """R-CNN detectors on the one loop: the model computes its own losses (``RCNN(train=True)``); eval gathers
+  detections and scores them with pycocotools (``research.train.coco_eval``)."""
+  model: nn.Module
+  cfg: DetectionConfig
+  evaluator: Any = None  # research.train.coco_eval.CocoEvaluator of the eval split
+  category_ids: tuple[int, ...] | None = None
+  workdir: str | None = None
+
+  def init(self, rng, batch):
+    x = jnp.zeros((1,) + tuple(batch["image"].shape[1:]), jnp.float32)
+    variables = self.model.init({"params": rng}, x, train=False)
+    return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
+
+  def optimizer(self):
+    c = self.cfg
+    schedule = optim.make_schedule(c.schedule, c.learning_rate, c.num_steps, warmup_steps=c.warmup_steps,
+                                   warmup_init=0.1)
+    return optim.make_optimizer("momentum", schedule, weight_decay=c.weight_decay, momentum=0.9,
+                                grad_clip_norm=c.grad_clip_norm or None)
+
+  def extra_metrics(self, state):
+    c = self.cfg
+    schedule = optim.make_schedule(c.schedule, c.learning_rate, c.num_steps, warmup_steps=c.warmup_steps,
+                                   warmup_init=0.1)
+    return {"learning_rate": schedule(state.step)}
+
+  def loss(self, params, model_state, batch, rng, *, train):
+    targets = {k: batch[k] for k in ("boxes", "labels", "instance_mask", "masks") if k in batch}
+    losses, new_state = self.model.apply({"params": params, **model_state}, batch["image"], train=True,
+                                         targets=targets, rng=rng, mutable=["batch_stats"])
+    return losses["total"], ({**model_state, **new_state}, {k: v for k, v in losses.items() if k != "total"})
+
+  def eval_step(self, state, batch):
+    out = self.model.apply({"params": state.params, **state.model_state}, batch["image"], train=False)
+    valid = batch["valid"] > 0
+    gathered = {"image_id": batch["image_id"], "row_valid": valid, "scale": batch["scale"],
+                "orig_size": batch["orig_size"], "boxes": out["boxes"], "scores": out["scores"],
+                "labels": out["labels"], "det_valid": out["valid"] & valid[:, None]}
+    if "masks" in out:
+      gathered["masks"] = out["masks"].astype(jnp.float16)
+    return {"images": jnp.sum(valid.astype(jnp.float32))}, gathered
+
+  def eval_metrics(self, sums, gathered):
+    dets = detections_from_gathered(gathered, self.category_ids)
+    metrics = {"images": float(sums["images"]), "detections_per_image": len(dets) / max(float(sums["images"]), 1)}
+    if self.evaluator is not None:
+      iou_types = ("bbox", "segm") if "masks" in gathered else ("bbox",)
+      metrics.update(self.evaluator.evaluate(dets, iou_types=iou_types))
+      if self.workdir:
+        self.evaluator.write(self.workdir, dets)
+    return metrics
+
+  def run_info(self):
+    return {"model": self.cfg.model, "backbone": self.cfg.backbone, "dataset": self.cfg.dataset}
+
+
+def detections_from_gathered(g: Mapping[str, np.ndarray], category_ids=None) -> list[dict]:
+  """COCO results (boxes in original-image pixels, masks pasted at the original size as RLE)."""
+  from research.train import coco_eval
+  out = []
+  for i in np.flatnonzero(np.asarray(g["row_valid"])):
+    keep = np.flatnonzero(np.asarray(g["det_valid"][i]))
+    if keep.size == 0:
+      continue
+    s = float(g["scale"][i])
+    h, w = (int(v) for v in g["orig_size"][i])
+    boxes = np.asarray(g["boxes"][i][keep], np.float32) / s
+    masks = None
+    if "masks" in g:
+      masks = np.asarray(paste_masks(jnp.asarray(g["masks"][i][keep], jnp.float32), jnp.asarray(boxes), h, w)) >= 0.5
+      masks = masks[None]
+    out += coco_eval.detections_to_coco(
+        np.asarray([g["image_id"][i]]), boxes[None], np.asarray(g["scores"][i][keep])[None],
+        np.asarray(g["labels"][i][keep])[None], np.ones((1, keep.size), bool), category_ids=category_ids,
+        masks=masks)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+def validate(cfg: DetectionConfig) -> None:
+  if cfg.model not in models.names("detection"):
+    raise ValueError(f"--model={cfg.model!r}; choose one of {models.names('detection')}")
+  if cfg.backbone not in models.names():
+    raise ValueError(f"--backbone={cfg.backbone!r} is not a registered backbone; choose one of "
+                     f"research.models.names() (e.g. resnet18, resnet50, resnext50_32x4d)")
+  if cfg.image_size <= 0 or cfg.image_size % 64:
+    raise ValueError(f"--image_size={cfg.image_size} must be a positive multiple of 64 (the FPN's P6 has stride 64)")
+  for name in ("num_steps", "batch_size", "max_instances", "max_detections", "roi_batch"):
+    if getattr(cfg, name) <= 0:
+      raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
+  if cfg.batch_size % jax.device_count():
+    raise ValueError(f"--batch_size={cfg.batch_size} must be divisible by the device count {jax.device_count()}")
+
+
+def make_model(cfg: DetectionConfig, num_classes: int):
+  kw = {}
+  if cfg.backbone.startswith(("resnet", "resnext", "wide_resnet", "se_res")):
+    kw["backbone_kwargs"] = (("width", cfg.backbone_width),)
+  return models.create(
+      cfg.model, num_classes=num_classes, backbone=cfg.backbone, image_size=(cfg.image_size, cfg.image_size),
+      pooler=cfg.pooler, fpn_channels=cfg.fpn_channels, representation=cfg.representation,
+      mask_channels=cfg.mask_channels, mask_convs=cfg.mask_convs, mask_rois_per_image=cfg.mask_rois_per_image,
+      roi_batch=cfg.roi_batch, rpn_post_nms_train=cfg.rpn_post_nms_train, rpn_post_nms_test=cfg.rpn_post_nms_test,
+      max_detections=cfg.max_detections, **kw)
+
+
+@dataclasses.dataclass
+class DetectionData:
+  train_source: Any
+  eval_source: Any
+  class_names: tuple[str, ...]
+  category_ids: tuple[int, ...] | None
+
+
+def prepare_data(cfg: DetectionConfig) -> DetectionData:
+  from research import data as data_lib
+  if cfg.dataset == "coco_json":
+    from research.data import coco
+    if not cfg.data_dir:
+      raise ValueError("--dataset=coco_json needs --data_dir=DIR with DIR/annotations/instances_{train,val}2017.json "
+                       "and DIR/{train,val}2017/")
+    train = coco.CocoJsonSource(cfg.data_dir, cfg.train_split)
+    evals = coco.CocoJsonSource(cfg.data_dir, cfg.eval_split)
+    return DetectionData(train, evals, tuple(train.class_names), tuple(train.category_ids))
+  train = data_lib.get_source(cfg.dataset, cfg.train_split, cfg.data_dir)
+  evals = data_lib.get_source(cfg.dataset, cfg.eval_split, cfg.data_dir)
+  info = data_lib.get_info(cfg.dataset, cfg.data_dir)
+  label = info.features["objects"]["label"] if "objects" in info.features else None
+  if label is None:
+    raise ValueError(f"--dataset={cfg.dataset!r} has no 'objects' feature with boxes and labels")
+  return DetectionData(train, evals, tuple(label.names), None)
+
+
+class _Subset:
+  def __init__(self, source, n):
+    self.source, self.n = source, min(n, len(source))
+
+  def __len__(self):
+    return self.n
+
+  def __getitem__(self, i):
+    if not 0 <= i < self.n:
+      raise IndexError(i)
+    return self.source[i]
+
+
+def build_evaluator(source, class_names, category_ids):
+  """pycocotools evaluator over the (original-resolution) annotations of ``source``."""
+  from research.data import coco, scenes
+  from research.train import coco_eval
+  examples = []
+  for i in range(len(source)):
+    raw = source[i]
+    ex = scenes.to_detection_example(raw) if "boxes" not in raw else dict(raw)
+    ex["image_id"] = raw_image_id(raw)
+    examples.append(ex)
+  gt = coco.to_coco_json(examples, class_names, category_ids=category_ids)
+  return coco_eval.CocoEvaluator(gt)
+
+
+def train_and_evaluate(cfg: DetectionConfig, workdir: str | None) -> dict[str, Any]:
+  """Trains ``cfg.model`` for ``cfg.num_steps`` steps (resuming from ``workdir``), evaluates COCO AP."""
+  from research import data as data_lib
+  t0 = time.time()
+  validate(cfg)
+  d = prepare_data(cfg)
+  eval_source = _Subset(d.eval_source, cfg.eval_examples) if cfg.eval_examples else d.eval_source
+  with_masks = models.create(cfg.model, num_classes=1).with_mask
+  tf = DetectionTransform(cfg.image_size, cfg.max_instances, len(d.class_names), with_masks, hflip=cfg.hflip)
+  eval_tf = dataclasses.replace(tf, hflip=False)
+  task = DetectionTask(make_model(cfg, len(d.class_names)), cfg, build_evaluator(eval_source, d.class_names,
+                                                                                  d.category_ids),
+                       d.category_ids, workdir)
+  mesh = task_lib.make_mesh()
+  train_iter = data_lib.make_train_loader(d.train_source, global_batch_size=cfg.batch_size, seed=cfg.seed,
+                                          transform=tf)
+  eval_bs = cfg.eval_batch_size or cfg.batch_size
+
+  def eval_data():
+    return data_lib.make_eval_batches(eval_source, global_batch_size=eval_bs, transform=eval_tf)
+
+  config = loop_lib.LoopConfig(num_steps=cfg.num_steps, seed=cfg.seed, eval_every=cfg.eval_every,
+                               checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+                               log_every=cfg.log_every, progress_bar=cfg.progress_bar, prefetch=cfg.prefetch,
+                               description=cfg.model)
+  _, results = loop_lib.train(task, iter(train_iter), config=config, mesh=mesh, workdir=workdir, eval_data=eval_data,
+                              run_config=dataclasses.asdict(cfg),
+                              results_extra={"model": cfg.model, "dataset": cfg.dataset,
+                                             "num_classes": len(d.class_names)})
+  results["wall_seconds"] = time.time() - t0
+  if workdir and fileio.main_process():
+    fileio.write_json_atomic(os.path.join(workdir, "results.json"), results)
+  return results
+
+
