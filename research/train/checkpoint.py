@@ -165,6 +165,16 @@ def _warn(msg: str) -> None:
   warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
 
+def _local_target(ckptr, state_dir: str):
+  """Restore target placing every array on this process's first device: a checkpoint written on another device
+  count (e.g. a 2-device training run loaded for single-device prediction) restores without a topology error."""
+  meta = ckptr.metadata(state_dir)
+  tree = getattr(meta, "item_metadata", meta)
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+                      if hasattr(m, "shape") and hasattr(m, "dtype") else m, tree)
+
+
 def load_params(path: str, abstract: Any | None = None, *, step: int | None = None) -> dict[str, Any]:
   """Loads ``{'params', 'model_state'}`` from a checkpoint directory written by the training loop (the
   directory holding step subdirectories, or one step directory); ``batch_stats`` is also given (the
@@ -181,7 +191,7 @@ def load_params(path: str, abstract: Any | None = None, *, step: int | None = No
       raise ValueError(f"no checkpoint steps found in {path!r}")
     step_dir = os.path.join(path, str(step if step is not None else steps[-1]))
   with ocp.StandardCheckpointer() as ckptr:
-    restored = ckptr.restore(os.path.join(step_dir, "state"))
+    restored = ckptr.restore(os.path.join(step_dir, "state"), _local_target(ckptr, os.path.join(step_dir, "state")))
   if not isinstance(restored, dict) or "params" not in restored:
     raise ValueError(f"{step_dir!r} does not hold a TrainState checkpoint (keys: {list(restored)[:5]})")
   model_state = restored.get("model_state")

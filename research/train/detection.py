@@ -50,7 +50,7 @@ class DetectionConfig:
   train_split: str = setting("train", "Training split.")
   eval_split: str = setting("validation", "Evaluated split.")
   eval_examples: int = setting(0, "Evaluate on the first N examples of --eval_split (0 = all).")
-  image_size: int = setting(128, "Images are resized to fit a square of this size (divisible by 64).")
+  image_size: int = setting(128, "Images are resized to fit a square of this size (divisible by 32).")
   max_instances: int = setting(16, "Ground-truth objects per image kept (padded to this many).")
   pooler: str = setting("align", "RoI feature extraction: align (RoIAlign) or pool (RoIPool).",
                         choices=("align", "pool"))
@@ -227,8 +227,8 @@ def validate(cfg: DetectionConfig) -> None:
   if cfg.backbone not in models.names():
     raise ValueError(f"--backbone={cfg.backbone!r} is not a registered backbone; choose one of "
                      f"research.models.names() (e.g. resnet18, resnet50, resnext50_32x4d)")
-  if cfg.image_size <= 0 or cfg.image_size % 64:
-    raise ValueError(f"--image_size={cfg.image_size} must be a positive multiple of 64 (the FPN's P6 has stride 64)")
+  if cfg.image_size <= 0 or cfg.image_size % 32:
+    raise ValueError(f"--image_size={cfg.image_size} must be a positive multiple of 32 (the backbone's C5 stride)")
   for name in ("num_steps", "batch_size", "max_instances", "max_detections", "roi_batch"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
@@ -337,3 +337,74 @@ def train_and_evaluate(cfg: DetectionConfig, workdir: str | None) -> dict[str, A
   return results
 
 
+
+
+# ------------------------------------------------------------------------------------------------ predict, sweeps
+
+def predict(cfg: DetectionConfig, workdir: str, num_images: int = 8, score_threshold: float = 0.5,
+            out_path: str | None = None) -> str:
+  """Draws the detections (boxes, labels, scores, masks) of the trained model in ``workdir`` on the first
+  ``num_images`` images of ``cfg.eval_split`` -> a PNG grid (default ``<workdir>/predictions.png``)."""
+  from research.data import draw
+  from research.train import checkpoint as ckpt_lib
+  validate(cfg)
+  d = prepare_data(cfg)
+  model = make_model(cfg, len(d.class_names))
+  tf = DetectionTransform(cfg.image_size, cfg.max_instances, len(d.class_names), False)
+  n = min(num_images, len(d.eval_source))
+  if n <= 0:
+    raise ValueError(f"--num_images must be positive and the split non-empty (got {num_images}, "
+                     f"{len(d.eval_source)} images)")
+  rows = [tf(d.eval_source[i]) for i in range(n)]
+  images = jnp.asarray(np.stack([r["image"] for r in rows]))
+  abstract = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, images[:1], train=False))
+  loaded = ckpt_lib.load_params(os.path.join(workdir, "checkpoints"),
+                                {"params": abstract["params"], "batch_stats": abstract.get("batch_stats", {})})
+  out = jax.jit(lambda v, x: model.apply(v, x, train=False))(
+      {"params": loaded["params"], "batch_stats": loaded["batch_stats"]}, images)
+  out = jax.tree.map(np.asarray, out)
+  drawn = []
+  for i, r in enumerate(rows):
+    pixels = np.clip((r["image"] * STD + MEAN) * 255, 0, 255).astype(np.uint8)
+    keep = out["valid"][i]
+    masks = None
+    if "masks" in out:
+      masks = np.asarray(paste_masks(jnp.asarray(out["masks"][i][keep]), jnp.asarray(out["boxes"][i][keep]),
+                                     cfg.image_size, cfg.image_size)) >= 0.5
+    drawn.append(draw.draw_detections(pixels, out["boxes"][i][keep], out["labels"][i][keep],
+                                      out["scores"][i][keep], masks=masks, class_names=d.class_names,
+                                      score_threshold=score_threshold, scale=3))
+  path = out_path or os.path.join(workdir, "predictions.png")
+  draw.save_grid(drawn, path, cols=4)
+  return path
+
+
+AP_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "segm/AP", "segm/AP50", "segm/AP75",
+           "segm/APs", "segm/APm")
+
+
+def sweep(base: DetectionConfig, workdir: str, conditions: Mapping[str, Mapping[str, Any]],
+          seeds: tuple[int, ...]) -> dict[str, Any]:
+  """Trains every ``condition`` (name -> config overrides) with every seed in ``workdir/<name>_seed<k>`` (each
+  resumable), then writes ``summary.json`` and ``summary.md``: mean (and per-seed) AP per condition."""
+  t0 = time.time()
+  runs: dict[str, list[dict]] = {}
+  for name, overrides in conditions.items():
+    for seed in seeds:
+      cfg = dataclasses.replace(base, seed=seed, **overrides)
+      r = train_and_evaluate(cfg, os.path.join(workdir, f"{name}_seed{seed}"))
+      runs.setdefault(name, []).append({k: r.get(f"eval_{k}") for k in AP_KEYS if f"eval_{k}" in r} |
+                                       {"seed": seed, "wall_seconds": r["wall_seconds"]})
+  keys = [k for k in AP_KEYS if any(k in run for rs in runs.values() for run in rs)]
+  summary = {"conditions": {n: dict(o) for n, o in conditions.items()}, "seeds": list(seeds), "runs": runs,
+             "mean": {n: {k: float(np.mean([run[k] for run in rs])) for k in keys} for n, rs in runs.items()},
+             "wall_seconds": time.time() - t0}
+  lines = ["| condition | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+  for n in runs:
+    lines.append(f"| {n} | " + " | ".join(f"{100 * summary['mean'][n][k]:.1f}" for k in keys) + " |")
+  text = (f"COCO AP (x100) on {base.dataset} {base.eval_split}, mean over seeds {list(seeds)}:\n\n" +
+          "\n".join(lines) + "\n")
+  if fileio.main_process():
+    fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    fileio.write_atomic(os.path.join(workdir, "summary.md"), text)
+  return summary

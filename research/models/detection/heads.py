@@ -124,5 +124,15 @@ class MaskHead(nn.Module):
     x = pooled
     for i in range(self.num_convs):
       x = nn.relu(nn.Conv(self.channels, (3, 3), padding=1, name=f"mask_fcn{i + 1}", **kw)(x))
-    x = nn.relu(nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), name="deconv", **kw)(x))
-    return nn.Conv(self.num_classes, (1, 1), name="mask_logits", **kw)(x).astype(jnp.float32)
+    x = nn.relu(upsample_deconv2x2(x, self.channels, name="deconv", **kw))
+    return nn.Dense(self.num_classes, name="mask_logits", **kw)(x).astype(jnp.float32)  # the 1x1 conv
+
+
+def upsample_deconv2x2(x: jnp.ndarray, features: int, *, name: str, dtype: Dtype, param_dtype: Dtype) -> jnp.ndarray:
+  """A 2x2 stride-2 transposed convolution ``[R, h, w, C] -> [R, 2h, 2w, features]``, written as one dense layer
+  to ``4 * features`` channels and a depth-to-space: the kernel windows do not overlap, so this is the same
+  function (kernel ``[C, 2, 2, features]``) -- and on CPU ~10x faster to differentiate than XLA's transposed conv."""
+  r, h, w, _ = x.shape
+  y = nn.Dense(4 * features, dtype=dtype, param_dtype=param_dtype, name=name)(x)
+  y = y.reshape(r, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
+  return y.reshape(r, 2 * h, 2 * w, features)

@@ -46,8 +46,10 @@ def sample_balanced(labels: jnp.ndarray, num_samples: int, positive_fraction: fl
   positive (the mask head reads only those).
   """
   n = labels.shape[0]
-  if num_samples > n:
-    raise ValueError(f"sample_balanced: num_samples={num_samples} > {n} candidates")
+  if num_samples > n:  # fewer candidates than slots: the extra slots are padding (index 0, valid False)
+    idx, is_pos, valid = sample_balanced(jnp.pad(labels, (0, num_samples - n), constant_values=-1), num_samples,
+                                         positive_fraction, rng)
+    return jnp.where(valid, idx, 0), is_pos, valid
   max_pos = int(num_samples * positive_fraction)
   u = jax.random.uniform(rng, (n,))
   pos, neg = labels == 1, labels == 0

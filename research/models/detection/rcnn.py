@@ -143,7 +143,7 @@ class RCNN(nn.Module):
     for lvl, n in zip(rpn_levels, counts):
       if lvl.shape[1] * lvl.shape[2] * self._num_cell_anchors() != n:
         raise ValueError(f"feature map {lvl.shape} does not match the anchor grid of a {self.image_size} image; "
-                         f"use an image size divisible by 64")
+                         f"use an image size divisible by 32")
     logits, deltas = RPNHead(self._num_cell_anchors(), name="rpn", **kw)(rpn_levels)
     box_head = self._box_head_fn(roi_levels, roi_strides, kw)
     mask_head = MaskHead(self.num_classes, self.mask_channels, self.mask_convs, name="mask_head", **kw) \
