@@ -24,17 +24,17 @@ class DetectionFlags:
   num_predict: int = setting(8, "Images drawn by --predict.")
 
 
-def define_flags(flag_values: flags.FlagValues, extra: type) -> None:
+def define_flags(flag_values: flags.FlagValues, experiment_flags: type) -> None:
+  """One flag per ``DetectionConfig`` field and per field of ``experiment_flags`` (a ``DetectionFlags`` subclass)."""
   common.define_flags(DetectionConfig, flag_values=flag_values)
-  common.define_flags(DetectionFlags, flag_values=flag_values)
-  common.define_flags(extra, flag_values=flag_values)
+  common.define_flags(experiment_flags, flag_values=flag_values)
 
 
-def run(flag_values: flags.FlagValues, conditions: Mapping[str, Mapping[str, Any]]) -> None:
+def run(flag_values: flags.FlagValues, experiment_flags: type, conditions: Mapping[str, Mapping[str, Any]]) -> None:
   """One training run when there is one condition and one seed, else ``detection.sweep`` over them."""
   from research.train import detection
   cfg = common.config_from_flags(DetectionConfig, flag_values=flag_values)
-  f = common.config_from_flags(DetectionFlags, flag_values=flag_values)
+  f = common.config_from_flags(experiment_flags, flag_values=flag_values)
   if f.predict:
     name, overrides = next(iter(conditions.items()))
     workdir = f.workdir if len(conditions) == 1 and not f.seeds else f"{f.workdir}/{name}_seed{(f.seeds or (cfg.seed,))[0]}"

@@ -15,20 +15,27 @@ from absl import app, flags
 
 from experiments import common, detection_common
 from research.configs import setting
+from research.train.detection import DetectionConfig
 
 FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
-class FasterRCNNFlags:
+class ExperimentFlags(detection_common.DetectionFlags):
+  """Settings of this entry point that are not part of ``DetectionConfig``."""
   models: tuple[str, ...] = setting((), "Detectors to compare (faster_rcnn_c4, faster_rcnn_fpn); empty: --model.")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  detection_common.define_flags(flag_values, FasterRCNNFlags)
+  detection_common.define_flags(flag_values, ExperimentFlags)
 
 
 define_flags()
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> DetectionConfig:
+  """The ``DetectionConfig`` of the parsed flags."""
+  return common.config_from_flags(DetectionConfig, flag_values=flag_values)
 
 
 def main(argv):
@@ -36,8 +43,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   with common.clean_errors():
-    names = common.config_from_flags(FasterRCNNFlags).models or (FLAGS.model,)
-    detection_common.run(FLAGS, {n.replace("faster_rcnn_", ""): {"model": n} for n in names})
+    names = common.config_from_flags(ExperimentFlags).models or (FLAGS.model,)
+    detection_common.run(FLAGS, ExperimentFlags, {n.replace("faster_rcnn_", ""): {"model": n} for n in names})
 
 
 if __name__ == "__main__":

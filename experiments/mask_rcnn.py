@@ -18,20 +18,36 @@ from absl import app, flags
 
 from experiments import common, detection_common
 from research.configs import setting
+from research.train.detection import DetectionConfig
 
 FLAGS = flags.FLAGS
 
 
 @dataclasses.dataclass(frozen=True)
-class MaskRCNNFlags:
+class ExperimentFlags(detection_common.DetectionFlags):
+  """Settings of this entry point that are not part of ``DetectionConfig``."""
   poolers: tuple[str, ...] = setting((), "RoI feature extractors to compare (align, pool); empty: --pooler.")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
-  detection_common.define_flags(flag_values, MaskRCNNFlags)
+  detection_common.define_flags(flag_values, ExperimentFlags)
 
 
 define_flags()
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> DetectionConfig:
+  """The ``DetectionConfig`` of the parsed flags."""
+  return common.config_from_flags(DetectionConfig, flag_values=flag_values)
+
+
+def pooler_conditions(poolers: tuple[str, ...], default: str) -> dict[str, dict[str, str]]:
+  """``--poolers`` (or ``--pooler`` when empty) -> ``{condition name: DetectionConfig overrides}``."""
+  poolers = poolers or (default,)
+  bad = [p for p in poolers if p not in ("align", "pool")]
+  if bad:
+    raise ValueError(f"--poolers={','.join(poolers)}: {bad} not in (align, pool)")
+  return {("roi_align" if p == "align" else "roi_pool"): {"pooler": p} for p in poolers}
 
 
 def main(argv):
@@ -39,12 +55,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   with common.clean_errors():
-    poolers = common.config_from_flags(MaskRCNNFlags).poolers or (FLAGS.pooler,)
-    bad = [p for p in poolers if p not in ("align", "pool")]
-    if bad:
-      raise ValueError(f"--poolers={','.join(poolers)}: {bad} not in (align, pool)")
-    conditions = {("roi_align" if p == "align" else "roi_pool"): {"pooler": p} for p in poolers}
-    detection_common.run(FLAGS, conditions)
+    conditions = pooler_conditions(common.config_from_flags(ExperimentFlags).poolers, FLAGS.pooler)
+    detection_common.run(FLAGS, ExperimentFlags, conditions)
 
 
 if __name__ == "__main__":

@@ -138,6 +138,10 @@ def _load_coco(annotation_file: str):
     return COCO(annotation_file)
 
 
+class MissingAnnotationsError(ValueError, FileNotFoundError):
+  """The COCO annotation file of a split is missing (a ``ValueError``: entry points report it in one line)."""
+
+
 class CocoJsonSource:
   """Random-access source over the official COCO layout; items are shared detection examples.
 
@@ -159,7 +163,7 @@ class CocoJsonSource:
     self.annotation_file = os.path.join(self.root, "annotations", f"instances_{self.split}2017.json")
     self.image_dir = os.path.join(self.root, f"{self.split}2017")
     if not os.path.isfile(self.annotation_file):
-      raise FileNotFoundError(
+      raise MissingAnnotationsError(
           f"no COCO annotations at {self.annotation_file}; expected the official layout "
           f"root/annotations/instances_{{train,val}}2017.json + root/{{train,val}}2017/ (--data_dir=root)")
     self._state = None
@@ -328,7 +332,7 @@ def get_info(root: str | os.PathLike):
   for split in ("train", "validation"):
     try:
       source = CocoJsonSource(root, split)
-    except FileNotFoundError:
+    except MissingAnnotationsError:
       continue
     sizes[split] = len(source)
     names = names or source.class_names

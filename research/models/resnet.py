@@ -23,10 +23,20 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from research.layers.common import batch_norm, conv, global_avg_pool, head, max_pool_3x3_s2, stride_key
+from research.layers.deform import DeformConv
 from research.layers.se import SqueezeExcite
 from research.models.registry import register
 
 Dtype = Any
+
+
+def _conv3x3(block: nn.Module, features: int, strides: int, groups: int = 1, **kw):
+  """The block's 3x3 convolution: plain, or deformable (Dai et al. 2017: ``deformable=1``; Zhu et al. 2019,
+  modulated: ``deformable=2``) with the same kernel, stride, dilation and groups."""
+  if block.deformable:
+    return DeformConv(features, 3, strides=strides, dilation=block.dilation, groups=groups,
+                      modulated=block.deformable == 2, use_bias=False, **kw)
+  return conv(features, 3, strides, groups=groups, dilation=block.dilation, **kw)
 
 
 def _merge_residual(block: nn.Module, residual, y, *, train: bool):
@@ -54,6 +64,7 @@ class BasicBlock(nn.Module):
   zero_init_last_bn: bool = False
   dilation: int = 1
   se_reduction: int = 0
+  deformable: int = 0  # 0 plain, 1 DCN v1, 2 DCN v2 (the first 3x3 conv)
   expansion = 1
 
   @nn.compact
@@ -61,7 +72,7 @@ class BasicBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     bn = lambda **a: batch_norm(axis_name=self.bn_axis_name, **kw, **a)
     residual = x
-    y = conv(self.features, 3, self.strides, dilation=self.dilation, **kw)(x)
+    y = _conv3x3(self, self.features, self.strides, **kw)(x)
     y = nn.relu(bn()(y, use_running_average=not train))
     y = conv(self.features, 3, dilation=self.dilation, **kw)(y)
     y = bn(zero_init=self.zero_init_last_bn)(y, use_running_average=not train)
@@ -80,6 +91,7 @@ class Bottleneck(nn.Module):
   zero_init_last_bn: bool = False
   dilation: int = 1
   se_reduction: int = 0
+  deformable: int = 0  # 0 plain, 1 DCN v1, 2 DCN v2 (the 3x3 conv)
   expansion = 4
 
   @nn.compact
@@ -90,8 +102,7 @@ class Bottleneck(nn.Module):
     out = self.features * self.expansion
     residual = x
     y = nn.relu(bn()(conv(width, 1, **kw)(x), use_running_average=not train))
-    y = nn.relu(bn()(conv(width, 3, self.strides, groups=self.groups, dilation=self.dilation, **kw)(y),
-                     use_running_average=not train))
+    y = nn.relu(bn()(_conv3x3(self, width, self.strides, self.groups, **kw)(y), use_running_average=not train))
     y = bn(zero_init=self.zero_init_last_bn)(conv(out, 1, **kw)(y), use_running_average=not train)
     return _merge_residual(self, residual, y, train=train)
 
@@ -113,6 +124,8 @@ class ResNet(nn.Module):
   se_reduction: int = 0
   stage_dilations: Sequence[int] = (1, 1, 1, 1)
   maxout_pieces: int = 0
+  deform_stages: Sequence[int] = ()  # stages (1-4) whose blocks use deformable 3x3 convs
+  deformable: int = 2  # DCN version in those stages: 1 (Dai et al. 2017) or 2 (modulated, Zhu et al. 2019)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -135,6 +148,7 @@ class ResNet(nn.Module):
         x = self.block_cls(self.width * 2**i, strides=step if j == 0 else 1, groups=self.groups,
                            base_width=self.base_width, bn_axis_name=self.bn_axis_name,
                            zero_init_last_bn=self.zero_init_last_bn, dilation=dil, se_reduction=self.se_reduction,
+                           deformable=self.deformable if stage in self.deform_stages else 0,
                            name=f"stage{stage}_block{j}", **kw)(x, train=train)
       feats[f"stage{stage}"] = x
       feats[stride_key(stride)] = x

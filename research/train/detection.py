@@ -44,6 +44,14 @@ class DetectionConfig:
   model: str = setting("mask_rcnn_fpn", "Detector (research.models.names('detection')).")
   backbone: str = setting("resnet18", "Backbone with features_only (research.models.names()).")
   backbone_width: int = setting(32, "Width of the backbone's first stage (64 = the published ResNets).")
+  deformable: str = setting("none", "Deformable convolutions in the backbone's --deform_stages (ResNets): v1 (Dai et "
+                            "al. 2017) or v2 (modulated, Zhu et al. 2019).", choices=("none", "v1", "v2"))
+  deform_stages: tuple[int, ...] = setting((3, 4), "ResNet stages (1-4) whose 3x3 convs are deformable "
+                                           "(3, 4 = conv4_x and conv5_x; DCN v1 used conv5_x only).")
+  backbone_checkpoint: str | None = setting(None, "Initialise the backbone (params + BatchNorm statistics) from "
+                                            "this classification run's checkpoints (e.g. <workdir>/checkpoints of "
+                                            "experiments.classify with the same --backbone and width), as the "
+                                            "papers start from ImageNet weights.")
   dataset: str = setting("shapes_scenes", "shapes_scenes (offline), coco_json (official layout in --data_dir) or "
                          "a prepared TFDS detection dataset (coco/2017).")
   data_dir: str | None = setting(None, "Data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
@@ -238,8 +246,15 @@ def validate(cfg: DetectionConfig) -> None:
 
 def make_model(cfg: DetectionConfig, num_classes: int):
   kw = {}
-  if cfg.backbone.startswith(("resnet", "resnext", "wide_resnet", "se_res")):
+  resnet = cfg.backbone.startswith(("resnet", "resnext", "wide_resnet", "se_res"))
+  if resnet:
     kw["backbone_kwargs"] = (("width", cfg.backbone_width),)
+  if cfg.deformable != "none":
+    if not resnet:
+      raise ValueError(f"--deformable={cfg.deformable} needs a ResNet-family --backbone, got {cfg.backbone!r}")
+    if not cfg.deform_stages or not set(cfg.deform_stages) <= {1, 2, 3, 4}:
+      raise ValueError(f"--deform_stages={cfg.deform_stages} must name ResNet stages in 1..4")
+    kw["backbone_kwargs"] += (("deform_stages", tuple(cfg.deform_stages)), ("deformable", int(cfg.deformable[1])))
   return models.create(
       cfg.model, num_classes=num_classes, backbone=cfg.backbone, image_size=(cfg.image_size, cfg.image_size),
       pooler=cfg.pooler, fpn_channels=cfg.fpn_channels, representation=cfg.representation,
@@ -302,6 +317,44 @@ def build_evaluator(source, class_names, category_ids):
   return coco_eval.CocoEvaluator(gt)
 
 
+def pretrained_variables(task: "DetectionTask", image_shape, checkpoint: str) -> tuple[Any, Any]:
+  """``(params, model_state)`` of a fresh detector whose backbone comes from a classification checkpoint
+  (every backbone parameter and BatchNorm statistic must be found with the same shape; the classifier head is
+  dropped)."""
+  from research.train import checkpoint as ckpt_lib
+  params, state = jax.jit(lambda r: task.init(r, {"image": jax.ShapeDtypeStruct((1,) + tuple(image_shape),
+                                                                                 jnp.float32)}))(
+      jax.random.PRNGKey(task.cfg.seed))
+  loaded = ckpt_lib.load_params(checkpoint)
+  flat_src = {k: v for k, v in flax_flatten(loaded["params"]).items()}
+  flat_bs = {k: v for k, v in flax_flatten(loaded["batch_stats"]).items()}
+
+  def merge(tree, src, what):
+    flat = flax_flatten(tree)
+    missing = [k for k in flat if k not in src or np.shape(src[k]) != np.shape(flat[k])]
+    if missing:
+      raise ValueError(f"--backbone_checkpoint={checkpoint!r}: {len(missing)} of {len(flat)} backbone {what} are "
+                       f"missing or have another shape (first: {'/'.join(missing[0])}); train the classifier with "
+                       f"the same --backbone and width")
+    return flax_unflatten({k: jnp.asarray(src[k], flat[k].dtype) for k in flat})
+
+  params = dict(params, backbone=merge(params["backbone"], flat_src, "parameters"))
+  bs = dict(state["batch_stats"])
+  bs["backbone"] = merge(bs["backbone"], flat_bs, "BatchNorm statistics")
+  log.info("backbone initialised from %s", checkpoint)
+  return params, dict(state, batch_stats=bs)
+
+
+def flax_flatten(tree) -> dict[tuple[str, ...], Any]:
+  from flax import traverse_util
+  return traverse_util.flatten_dict(dict(tree))
+
+
+def flax_unflatten(flat):
+  from flax import traverse_util
+  return traverse_util.unflatten_dict(flat)
+
+
 def train_and_evaluate(cfg: DetectionConfig, workdir: str | None) -> dict[str, Any]:
   """Trains ``cfg.model`` for ``cfg.num_steps`` steps (resuming from ``workdir``), evaluates COCO AP."""
   from research import data as data_lib
@@ -327,8 +380,11 @@ def train_and_evaluate(cfg: DetectionConfig, workdir: str | None) -> dict[str, A
                                checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                                log_every=cfg.log_every, progress_bar=cfg.progress_bar, prefetch=cfg.prefetch,
                                description=cfg.model)
+  variables = None
+  if cfg.backbone_checkpoint:
+    variables = pretrained_variables(task, (cfg.image_size, cfg.image_size, 3), cfg.backbone_checkpoint)
   _, results = loop_lib.train(task, iter(train_iter), config=config, mesh=mesh, workdir=workdir, eval_data=eval_data,
-                              run_config=dataclasses.asdict(cfg),
+                              run_config=dataclasses.asdict(cfg), variables=variables,
                               results_extra={"model": cfg.model, "dataset": cfg.dataset,
                                              "num_classes": len(d.class_names)})
   results["wall_seconds"] = time.time() - t0

@@ -20,10 +20,13 @@ from research.methods.task2vec.experiment import Task2VecConfig
 from research.methods.task2vec.tasks import SuiteConfig
 from research.methods.wrn_blocks import WRNBlocksConfig
 from research.train.classify import ClassifyConfig
+from research.train.detection import DetectionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig]
-EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec")
+CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
+           DetectionConfig]
+EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
+               "faster_rcnn", "deformable")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:

@@ -212,3 +212,26 @@ def test_bad_inputs_are_clear_errors(mask_rcnn):
     shape_of(lambda: models.create("mask_rcnn_fpn", num_classes=3, backbone="resnet5", image_size=(64, 64)).init(
         jax.random.key(0), x, train=False))
 
+
+
+def test_deformable_backbone_stages_and_v1_starts_as_the_plain_network():
+  """DCN in the ResNet stages of the detector's backbone; zero-initialised offsets (v1) = the plain network."""
+  plain = models.create("resnet18", width=8, features_only=True)
+  dcn = models.create("resnet18", width=8, features_only=True, deform_stages=(3, 4), deformable=1)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 64, 3)), jnp.float32)
+  vp = jax.jit(lambda r: plain.init(r, x, train=False))(jax.random.key(0))
+  vd = jax.eval_shape(lambda r: dcn.init(r, x, train=False), jax.random.key(0))
+  assert "DeformConv_0" in vd["params"]["stage3_block0"] and "Conv_0" in vd["params"]["stage2_block0"]
+  # Copy the plain weights into the DCN net (offset convs stay zero): same features.
+  params = jax.tree.map(lambda a: a, vp["params"])
+  for stage in ("stage3", "stage4"):
+    for b in ("block0", "block1"):
+      p = dict(params[f"{stage}_{b}"])
+      kernel = p.pop("Conv_0")["kernel"]  # the first 3x3 conv becomes deformable; the second is now Conv_0
+      p["Conv_0"] = p.pop("Conv_1")
+      p["DeformConv_0"] = {"kernel": kernel, "offset_conv": jax.tree.map(
+          jnp.zeros_like, vd["params"][f"{stage}_{b}"]["DeformConv_0"]["offset_conv"])}
+      params[f"{stage}_{b}"] = p
+  fp = jax.jit(lambda v: plain.apply(v, x, train=False))(vp)
+  fd = jax.jit(lambda v: dcn.apply(v, x, train=False))({"params": params, "batch_stats": vp["batch_stats"]})
+  chex.assert_trees_all_close(fp["C5"], fd["C5"], atol=1e-4, rtol=1e-4)
