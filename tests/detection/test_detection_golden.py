@@ -203,6 +203,12 @@ def test_sample_balanced_is_uniform_within_each_group():
   np.testing.assert_allclose(counts[40:100] / 2000, 0.5, atol=0.05)  # 30 / 60
 
 
-def test_sample_balanced_rejects_more_samples_than_candidates():
-  with pytest.raises(ValueError, match="num_samples"):
-    sample_balanced(jnp.zeros(10, jnp.int32), 11, 0.5, jax.random.PRNGKey(0))
+def test_sample_balanced_pads_when_fewer_candidates_than_samples():
+  """``num_samples > N``: the sample is what the rules allow, the remaining slots are padding (index 0)."""
+  lab = jnp.asarray(np.array([1, 0, -1, 1, 0, 0, 1, -1, 0, 1], np.int32))
+  idx, is_pos, valid = map(np.asarray, _sample(lab, 16, 0.25, jax.random.PRNGKey(3)))
+  assert idx.shape == (16,)
+  np.testing.assert_array_equal(is_pos, np.arange(16) < 4)  # all 4 positives (quota int(16 * 0.25) = 4)
+  np.testing.assert_array_equal(valid, np.arange(16) < 8)  # + all 4 negatives
+  assert sorted(idx[:4].tolist()) == [0, 3, 6, 9] and sorted(idx[4:8].tolist()) == [1, 4, 5, 8]
+  assert np.all(idx[8:] == 0)

@@ -21,8 +21,10 @@ def match(iou: jnp.ndarray, gt_valid: jnp.ndarray, high: float, low: float, *,
   is ``< low`` and ``BETWEEN_THRESHOLDS`` (-2) in between. ``allow_low_quality_matches`` (RPN) also matches each
   ground truth to the predictions of highest IoU with it (ties included) -- the match they get is their own
   argmax, as in torchvision. Differences: padding ground truths (``gt_valid`` False) never match, and a ground
-  truth that overlaps no prediction (best IoU 0) creates no low-quality match (torchvision would then match
-  EVERY prediction of IoU 0 to it). With no valid ground truth every prediction is -1.
+  truth that overlaps no prediction (best IoU 0) creates no low-quality match (in torchvision every
+  prediction has IoU 0 = that ground truth's best with it, so EVERY prediction becomes a low-quality match to its
+  own argmax: all predictions turn positive). With no valid
+  ground truth every prediction is -1.
   """
   iou = jnp.where(gt_valid[:, None], iou, -1.0)
   best = jnp.max(iou, axis=0)

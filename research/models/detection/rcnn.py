@@ -80,7 +80,9 @@ class RCNN(nn.Module):
   representation: int = 1024
   mask_channels: int = 256
   mask_convs: int = 4
-  mask_rois_per_image: int = 0  # positive RoIs the mask head trains on per image; 0 = all roi_batch*fraction
+  # Positive RoIs the mask head trains on per image (a random subset of the sampled positives; 0 = all
+  # roi_batch*fraction slots). The head runs on this many slots whether or not they hold positives.
+  mask_rois_per_image: int = 16
   canonical_size: float = 64.0  # FPN eq. 1 with k0 = 4 at this box size (224 for 800-pixel COCO images)
   score_threshold: float = 0.05
   nms_threshold: float = 0.5
