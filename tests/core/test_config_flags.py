@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
            DetectionConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
-               "faster_rcnn", "deformable")
+               "faster_rcnn", "deformable", "rfcn")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:

@@ -140,7 +140,7 @@ def mask_rcnn():
 
 
 def test_registry_lists_detectors_in_their_family():
-  assert {"faster_rcnn_fpn", "faster_rcnn_c4", "mask_rcnn_fpn"} <= set(models.names("detection"))
+  assert {"faster_rcnn_fpn", "faster_rcnn_c4", "mask_rcnn_fpn", "rfcn"} <= set(models.names("detection"))
   assert "mask_rcnn_fpn" not in models.names()  # the default listing is the classification backbones
   with pytest.raises(ValueError, match="unknown model family"):
     models.names("nope")
@@ -183,7 +183,7 @@ def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(jnp.square(a)) for a in jax.tree.leaves(tree)))
 
 
-@pytest.mark.parametrize("name,pooler", [("faster_rcnn_c4", "pool"),
+@pytest.mark.parametrize("name,pooler", [("faster_rcnn_c4", "pool"), ("rfcn", "align"),
                                          pytest.param("faster_rcnn_fpn", "pool", marks=pytest.mark.slow)])
 def test_faster_rcnn_variants_train_and_detect(name, pooler):
   m = models.create(name, num_classes=5, pooler=pooler, **{k: v for k, v in TINY.items() if "mask" not in k})

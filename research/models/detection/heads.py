@@ -136,3 +136,24 @@ def upsample_deconv2x2(x: jnp.ndarray, features: int, *, name: str, dtype: Dtype
   y = nn.Dense(4 * features, dtype=dtype, param_dtype=param_dtype, name=name)(x)
   y = y.reshape(r, h, w, 2, 2, features).transpose(0, 1, 3, 2, 4, 5)
   return y.reshape(r, 2 * h, 2 * w, features)
+
+
+class PSScoreMaps(nn.Module):
+  """R-FCN's head (Dai et al. 2016, §2): a 1x1 dimension-reducing conv + ReLU, then ``k²(C+1)`` position-sensitive
+  class score maps and ``k²·4`` class-agnostic box maps over the whole image; per RoI, position-sensitive RoI
+  pooling (``ps_roi_align``) and voting by averaging the ``k x k`` bins give ``[R, C+1]`` logits and ``[R, 4]``
+  deltas. Returns the two maps; ``research.models.detection.rcnn`` pools them."""
+  num_classes: int
+  k: int = 3
+  channels: int = 256
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = nn.relu(nn.Conv(self.channels, (1, 1), name="reduce", **kw)(x))
+    cls = nn.Conv(self.k * self.k * (self.num_classes + 1), (1, 1), kernel_init=_normal(0.01), name="cls_maps",
+                  **kw)(x)
+    box = nn.Conv(self.k * self.k * 4, (1, 1), kernel_init=_normal(0.001), name="box_maps", **kw)(x)
+    return cls.astype(jnp.float32), box.astype(jnp.float32)

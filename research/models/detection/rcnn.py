@@ -25,14 +25,14 @@ import jax.numpy as jnp
 from research.layers.roi import multilevel_roi_align
 from research.models import registry
 from research.models.detection import anchors as anchors_lib
-from research.models.detection.heads import FPN, BoxPredictor, MaskHead, RPNHead, TwoFCHead
+from research.models.detection.heads import FPN, BoxPredictor, MaskHead, PSScoreMaps, RPNHead, TwoFCHead
 from research.models.detection.matching import match, sample_balanced
 from research.ops import boxes as box_ops
-from research.ops import roi_align, roi_pool
+from research.ops import ps_roi_align, roi_align, roi_pool
 from research.ops.nms import batched_nms_padded
 
 Dtype = Any
-ARCHITECTURES = ("fpn", "c4")
+ARCHITECTURES = ("fpn", "c4", "rfcn")
 
 
 def smooth_l1(x: jnp.ndarray, beta: float) -> jnp.ndarray:
@@ -56,7 +56,7 @@ class RCNN(nn.Module):
   backbone: str = "resnet18"
   backbone_kwargs: tuple[tuple[str, Any], ...] = ()
   image_size: tuple[int, int] = (128, 128)
-  architecture: str = "fpn"  # "fpn" | "c4"
+  architecture: str = "fpn"  # "fpn" | "c4" | "rfcn"
   with_mask: bool = False
   pooler: str = "align"  # "align" (RoIAlign) | "pool" (RoIPool): Mask R-CNN Table 2c
   fpn_channels: int = 256
@@ -78,6 +78,7 @@ class RCNN(nn.Module):
   roi_fg_iou: float = 0.5
   box_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
   representation: int = 1024
+  rfcn_k: int = 3  # R-FCN's k x k position-sensitive bins
   mask_channels: int = 256
   mask_convs: int = 4
   # Positive RoIs the mask head trains on per image (a random subset of the sampled positives; 0 = all
@@ -115,8 +116,12 @@ class RCNN(nn.Module):
   # ------------------------------------------------------------------------------------------------ modules
   def _backbone(self, **extra):
     from research import models  # the zoo registers itself on import
+    kwargs = dict(self.backbone_kwargs)
+    if self.architecture == "rfcn" and "start_stage" not in extra:
+      # R-FCN §3: conv5 keeps stride 16 (stride 1, dilation 2), so the score maps are 16x finer than the image.
+      kwargs["stage_dilations"] = (1, 1, 1, 2)
     return models.create(self.backbone, features_only=True, dtype=self.dtype, param_dtype=self.param_dtype,
-                         **dict(self.backbone_kwargs), **extra)
+                         **kwargs, **extra)
 
   def _pool(self, levels, strides, boxes, box_indices, size):
     if self.architecture == "c4":
@@ -137,6 +142,11 @@ class RCNN(nn.Module):
     if self.architecture == "fpn":
       pyramid = FPN(self.fpn_channels, name="fpn", **kw)(feats)
       rpn_levels, roi_levels, roi_strides = pyramid, pyramid[:4], (4, 8, 16, 32)
+    elif self.architecture == "rfcn":
+      if "C4" not in feats:
+        raise ValueError(f"R-FCN needs a stride-16 'C4' map (dilated conv5); backbone {self.backbone!r} gives "
+                         f"{sorted(k for k in feats if k.startswith('C'))}")
+      rpn_levels, roi_levels, roi_strides = [feats["C4"]], [feats["C4"]], (16,)
     else:
       if "C4" not in feats:
         raise ValueError(f"the C4 head needs a stride-16 'C4' feature map; backbone {self.backbone!r} gives "
@@ -162,6 +172,17 @@ class RCNN(nn.Module):
                         roi_strides, images)
 
   def _box_head_fn(self, levels, strides, kw):
+    if self.architecture == "rfcn":
+      cls_maps, box_maps = PSScoreMaps(self.num_classes, self.rfcn_k, name="rfcn_head", **kw)(levels[0])
+      k, c1 = self.rfcn_k, self.num_classes + 1
+
+      def rfcn(rois, idx):  # position-sensitive RoI pooling, then voting by averaging the k x k bins (§2)
+        scale = 1.0 / strides[0]
+        logits = ps_roi_align(cls_maps, rois, idx, k, spatial_scale=scale, sampling_ratio=2).mean(axis=(1, 2))
+        deltas = ps_roi_align(box_maps, rois, idx, k, spatial_scale=scale, sampling_ratio=2).mean(axis=(1, 2))
+        return logits, jnp.broadcast_to(deltas[:, None, :], (deltas.shape[0], c1, 4))  # class-agnostic boxes
+
+      return rfcn
     if self.architecture == "fpn":
       head = TwoFCHead(self.num_classes, self.representation, name="box_head", **kw)
       return lambda rois, idx: head(self._pool(levels, strides, rois, idx, 7))
@@ -346,5 +367,6 @@ def _factory(**defaults):
 registry.register("faster_rcnn_fpn", family="detection")(_factory(architecture="fpn"))
 registry.register("faster_rcnn_c4", family="detection")(_factory(architecture="c4"))
 registry.register("mask_rcnn_fpn", family="detection")(_factory(architecture="fpn", with_mask=True))
+registry.register("rfcn", family="detection")(_factory(architecture="rfcn"))
 
-DETECTORS: Sequence[str] = ("faster_rcnn_fpn", "faster_rcnn_c4", "mask_rcnn_fpn")
+DETECTORS: Sequence[str] = ("faster_rcnn_fpn", "faster_rcnn_c4", "mask_rcnn_fpn", "rfcn")
