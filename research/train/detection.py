@@ -52,6 +52,11 @@ class DetectionConfig:
                                             "this classification run's checkpoints (e.g. <workdir>/checkpoints of "
                                             "experiments.classify with the same --backbone and width), as the "
                                             "papers start from ImageNet weights.")
+  pretrain_steps: int = setting(0, "Before training, pre-train the backbone as a classifier on the offline 'shapes' "
+                                "dataset (100 classes, batch 128) for this many steps -- the stand-in for the papers' "
+                                "ImageNet initialisation -- and start from it (0 = from scratch).")
+  pretrain_dir: str = setting("/tmp/research/backbones", "Where pre-trained backbones are kept (one subdirectory per "
+                              "backbone, width, steps and seed; reused by every run that asks for the same one).")
   dataset: str = setting("shapes_scenes", "shapes_scenes (offline), coco_json (official layout in --data_dir) or "
                          "a prepared TFDS detection dataset (coco/2017).")
   data_dir: str | None = setting(None, "Data directory (default: $RESEARCH_DATA_DIR or ~/research_datasets).")
@@ -317,6 +322,26 @@ def build_evaluator(source, class_names, category_ids):
   return coco_eval.CocoEvaluator(gt)
 
 
+def pretrain_backbone(cfg: DetectionConfig) -> str:
+  """Trains (or reuses) ``cfg.backbone`` as a ``shapes`` classifier for ``cfg.pretrain_steps`` steps; returns its
+  checkpoint directory."""
+  from research.train import classify
+  width = cfg.backbone_width if cfg.backbone.startswith(("resnet", "resnext", "wide_resnet", "se_res")) else None
+  name = f"{cfg.backbone}_w{width}_{cfg.pretrain_steps}steps_seed{cfg.seed}" if width else \
+      f"{cfg.backbone}_{cfg.pretrain_steps}steps_seed{cfg.seed}"
+  workdir = os.path.join(cfg.pretrain_dir, name)
+  ccfg = classify.ClassifyConfig(model=cfg.backbone, model_kwargs={"width": width} if width else {}, dataset="shapes",
+                                 data_dir=cfg.data_dir if cfg.dataset == "shapes_scenes" else None,
+                                 num_steps=cfg.pretrain_steps, batch_size=128, learning_rate=0.1, warmup_steps=100,
+                                 schedule="cosine", weight_decay=5e-4, seed=cfg.seed,
+                                 eval_every=cfg.pretrain_steps, checkpoint_every=min(500, cfg.pretrain_steps),
+                                 log_every=100, progress_bar=cfg.progress_bar)
+  if classify.finished_results(workdir, cfg.pretrain_steps) is None:
+    log.info("pre-training the backbone on shapes in %s", workdir)
+    classify.train_and_evaluate(ccfg, workdir)
+  return os.path.join(workdir, "checkpoints")
+
+
 def pretrained_variables(task: "DetectionTask", image_shape, checkpoint: str) -> tuple[Any, Any]:
   """``(params, model_state)`` of a fresh detector whose backbone comes from a classification checkpoint
   (every backbone parameter and BatchNorm statistic must be found with the same shape; the classifier head is
@@ -381,8 +406,11 @@ def train_and_evaluate(cfg: DetectionConfig, workdir: str | None) -> dict[str, A
                                log_every=cfg.log_every, progress_bar=cfg.progress_bar, prefetch=cfg.prefetch,
                                description=cfg.model)
   variables = None
-  if cfg.backbone_checkpoint:
-    variables = pretrained_variables(task, (cfg.image_size, cfg.image_size, 3), cfg.backbone_checkpoint)
+  checkpoint = cfg.backbone_checkpoint
+  if not checkpoint and cfg.pretrain_steps:
+    checkpoint = pretrain_backbone(cfg)
+  if checkpoint:
+    variables = pretrained_variables(task, (cfg.image_size, cfg.image_size, 3), checkpoint)
   _, results = loop_lib.train(task, iter(train_iter), config=config, mesh=mesh, workdir=workdir, eval_data=eval_data,
                               run_config=dataclasses.asdict(cfg), variables=variables,
                               results_extra={"model": cfg.model, "dataset": cfg.dataset,

@@ -235,3 +235,20 @@ def test_deformable_backbone_stages_and_v1_starts_as_the_plain_network():
   fp = jax.jit(lambda v: plain.apply(v, x, train=False))(vp)
   fd = jax.jit(lambda v: dcn.apply(v, x, train=False))({"params": params, "batch_stats": vp["batch_stats"]})
   chex.assert_trees_all_close(fp["C5"], fd["C5"], atol=1e-4, rtol=1e-4)
+
+
+def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
+  """--backbone_checkpoint: every backbone weight and BN statistic comes from the classifier (head dropped)."""
+  import orbax.checkpoint as ocp
+  from research.train import detection as D
+  cls = models.create("resnet18", width=8, num_classes=7)
+  v = jax.jit(lambda r: cls.init(r, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.key(5))
+  v = jax.tree.map(lambda a: a + 0.5, v)  # recognisable values
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(tmp_path / "ckpts" / "10" / "state", {"params": v["params"], "model_state": {"batch_stats": v["batch_stats"]}})
+  cfg = D.DetectionConfig(model="faster_rcnn_fpn", backbone_width=8, image_size=64, fpn_channels=16, representation=32)
+  task = D.DetectionTask(D.make_model(cfg, 3), cfg)
+  params, state = D.pretrained_variables(task, (64, 64, 3), str(tmp_path / "ckpts"))
+  chex.assert_trees_all_close(params["backbone"], {k: a for k, a in v["params"].items() if k != "head"})
+  chex.assert_trees_all_close(state["batch_stats"]["backbone"], v["batch_stats"])
+  assert "fpn" in params and "rpn" in params
