@@ -98,13 +98,14 @@ def test_sample_balanced_counts_and_prefix():
 
 def test_paste_masks_covers_the_box():
   boxes = jnp.array([[2.0, 3.0, 10.0, 7.0], [0.0, 0.0, 16.0, 16.0]])
-  pasted = paste_masks(jnp.ones((2, 28, 28)), boxes, 12, 16)
+  paste = jax.jit(paste_masks, static_argnums=(2, 3))
+  pasted = paste(jnp.ones((2, 28, 28)), boxes, 12, 16)
   chex.assert_shape(pasted, (2, 12, 16))
   inside = np.zeros((12, 16), bool)
   inside[3:7, 2:10] = True  # pixel centres (j + .5, i + .5) inside the box
   np.testing.assert_array_equal(np.asarray(pasted[0]) >= 0.5, inside)
   assert (np.asarray(pasted[1]) >= 0.5).all()
-  left = paste_masks(jnp.asarray(np.tile(np.arange(28) < 14, (1, 28, 1)), jnp.float32), boxes[:1], 12, 16)
+  left = paste(jnp.asarray(np.tile(np.arange(28) < 14, (1, 28, 1)), jnp.float32), boxes[:1], 12, 16)
   np.testing.assert_array_equal(np.asarray(left[0]) >= 0.5, inside & (np.arange(16) < 6))  # left half of the box
 
 
@@ -237,6 +238,7 @@ def test_deformable_backbone_stages_and_v1_starts_as_the_plain_network():
   chex.assert_trees_all_close(fp["C5"], fd["C5"], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
   """--backbone_checkpoint: every backbone weight and BN statistic comes from the classifier (head dropped)."""
   import orbax.checkpoint as ocp
