@@ -37,16 +37,15 @@ example format.
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from typing import Any, Mapping
 
 import numpy as np
 import tensorflow_datasets as tfds
-from PIL import Image
 
 from research.data import scenes_render as render
 from research.data import transforms
+from research.data.shapes import _png  # PNG bytes of a uint8 array (fast compression)
 
 CLASS_NAMES: tuple[str, ...] = render.SHAPE_NAMES
 NUM_CLASSES = len(CLASS_NAMES)
@@ -63,12 +62,6 @@ class ShapesScenesConfig(tfds.core.BuilderConfig):
   image_size: int = render.DEFAULT_IMAGE_SIZE
   num_train: int | None = None
   num_validation: int | None = None
-
-
-def _png(image: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  Image.fromarray(image).save(buf, format="PNG", compress_level=1)
-  return buf.getvalue()
 
 
 class ShapesScenes(tfds.core.GeneratorBasedBuilder):
