@@ -30,7 +30,7 @@ def tiny_coco(tmp_path_factory):
   return root
 
 
-def test_mask_rcnn_on_official_coco_layout_writes_coco_results_and_predictions(tiny_coco, tmp_path):
+def test_mask_rcnn_on_official_coco_layout_writes_coco_results(tiny_coco, tmp_path):
   """Two devices (data-parallel shard_map step with the C++ RoIAlign backward inside), COCO JSON data."""
   from pycocotools.coco import COCO
   work = str(tmp_path / "run")
@@ -48,12 +48,6 @@ def test_mask_rcnn_on_official_coco_layout_writes_coco_results_and_predictions(t
   for d in dets[:5]:
     assert set(d) >= {"image_id", "category_id", "bbox", "score", "segmentation"}
     assert d["image_id"] in gt.getImgIds() and d["category_id"] in gt.getCatIds()
-  proc = _run("mask_rcnn", "--dataset=coco_json", f"--data_dir={tiny_coco}", f"--workdir={work}", "--predict",
-              "--num_predict=3")
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  from PIL import Image
-  png = np.asarray(Image.open(os.path.join(work, "predictions.png")))
-  assert png.ndim == 3 and png.shape[0] >= 64 * 3
 
 
 def test_bad_flag_is_one_clear_error(tmp_path):
@@ -85,6 +79,21 @@ def test_missing_coco_layout_and_bad_poolers_name_the_fix(tmp_path):
   with pytest.raises(ValueError, match=re.escape("--poolers=align,warp: ['warp'] not in (align, pool)")):
     mask_rcnn.pooler_conditions(("align", "warp"), "align")
   assert mask_rcnn.pooler_conditions((), "pool") == {"roi_pool": {"pooler": "pool"}}
+
+
+@pytest.mark.slow
+def test_predict_draws_the_trained_models_detections(tiny_coco, tmp_path):
+  """A 2-device training run, then --predict on one device (the checkpoint restores onto any device count)."""
+  work = str(tmp_path / "run")
+  proc = _run("mask_rcnn", "--dataset=coco_json", f"--data_dir={tiny_coco}", f"--workdir={work}", "--num_steps=2",
+              "--checkpoint_every=2", "--eval_every=2", devices=2)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = _run("mask_rcnn", "--dataset=coco_json", f"--data_dir={tiny_coco}", f"--workdir={work}", "--predict",
+              "--num_predict=3")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from PIL import Image
+  png = np.asarray(Image.open(os.path.join(work, "predictions.png")))
+  assert png.ndim == 3 and png.shape[0] >= 64 * 3
 
 
 @pytest.mark.slow
