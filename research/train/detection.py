@@ -472,6 +472,11 @@ AP_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75", "bbox/APs", "bbox/APm", "segm/AP
            "segm/APs", "segm/APm")
 
 
+def _ap_cell(v: float) -> str:
+  """AP x 100 with one decimal; COCO's -1 (no ground truth of that size) as n/a."""
+  return "n/a" if v < 0 else f"{100 * v:.1f}"
+
+
 def sweep(base: DetectionConfig, workdir: str, conditions: Mapping[str, Mapping[str, Any]],
           seeds: tuple[int, ...]) -> dict[str, Any]:
   """Trains every ``condition`` (name -> config overrides) with every seed in ``workdir/<name>_seed<k>`` (each
@@ -490,7 +495,7 @@ def sweep(base: DetectionConfig, workdir: str, conditions: Mapping[str, Mapping[
              "wall_seconds": time.time() - t0}
   lines = ["| condition | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
   for n in runs:
-    lines.append(f"| {n} | " + " | ".join(f"{100 * summary['mean'][n][k]:.1f}" for k in keys) + " |")
+    lines.append(f"| {n} | " + " | ".join(_ap_cell(summary["mean"][n][k]) for k in keys) + " |")
   text = (f"COCO AP (x100) on {base.dataset} {base.eval_split}, mean over seeds {list(seeds)}:\n\n" +
           "\n".join(lines) + "\n")
   if fileio.main_process():
