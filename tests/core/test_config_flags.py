@@ -14,6 +14,7 @@ from absl import flags
 
 from experiments import common
 from research.configs import help_of, setting
+from research.methods.classical.experiment import ClassicalConfig
 from research.methods.large_minibatch import LargeMinibatchConfig
 from research.methods.super_convergence import SuperConvergenceConfig
 from research.methods.task2vec.experiment import Task2VecConfig
@@ -24,9 +25,9 @@ from research.train.detection import DetectionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
-           DetectionConfig]
+           DetectionConfig, ClassicalConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
-               "faster_rcnn", "deformable", "rfcn")
+               "faster_rcnn", "deformable", "rfcn", "classical")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:
@@ -65,8 +66,11 @@ def test_define_flags_one_flag_per_field_with_its_default_and_help(config_cls):
     assert f.name in fv, f.name
     assert fv[f.name].default == _flag_form(_field_default(f)), f.name
     assert fv[f.name].help.endswith(help_of(config_cls, f.name)), f.name  # enum flags: "<a|b>: help"
-    if f.metadata.get("choices"):
+    if f.metadata.get("choices") and hasattr(fv[f.name].parser, "enum_values"):
       assert fv[f.name].parser.enum_values == list(f.metadata["choices"])
+    elif f.metadata.get("choices"):  # a list flag: each element is checked against the choices when parsed
+      with pytest.raises(ValueError, match=f"--{f.name}"):
+        common.config_from_flags(config_cls, flag_values=_parsed(config_cls, f"--{f.name}=not_a_choice"))
   assert common.config_from_flags(config_cls, flag_values=fv) == config_cls()  # no flags given: the defaults
   assert {fl.name for fl in fv.get_flags_for_module(__name__)} == {
       f.name for f in dataclasses.fields(config_cls) if f.metadata.get("flag", True)}  # listed under the caller
