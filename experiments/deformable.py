@@ -4,7 +4,7 @@ deformable 3x3 convolutions in the backbone's last stages, on ``shapes_scenes``.
   python -m experiments.deformable --flagfile=experiments/configs/deformable_smoke.flags
   python -m experiments.deformable --flagfile=experiments/configs/deformable.flags
 
-``--variants=none,v1,v2`` trains each with every ``--seeds`` entry and writes ``summary.md``. The deformable
+``--variants=none,v1,v2`` (``+pool`` adds deformable RoI pooling to the box head: ``v2+pool``) trains each with every ``--seeds`` entry and writes ``summary.md``. The deformable
 convolution is ``research.ops.deform_conv2d`` (C++ XLA custom call on CPU, pure-JAX reference elsewhere);
 offsets start at zero, so every variant starts from the plain network's function.
 """
@@ -25,7 +25,8 @@ FLAGS = flags.FLAGS
 @dataclasses.dataclass(frozen=True)
 class ExperimentFlags(detection_common.DetectionFlags):
   """Settings of this entry point that are not part of ``DetectionConfig``."""
-  variants: tuple[str, ...] = setting((), "Backbone variants to compare (none, v1, v2); empty: --deformable.")
+  variants: tuple[str, ...] = setting((), "Variants to compare: none, v1, v2 (backbone convolutions), each optionally "
+                                      "+pool (deformable RoI pooling), e.g. none,v2,v2+pool; empty: --deformable.")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -41,11 +42,18 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> DetectionConfig:
 
 
 def variant_conditions(variants: tuple[str, ...], default: str) -> dict[str, dict[str, str]]:
+  """``none|v1|v2`` (backbone convolutions), each optionally with ``+pool`` (deformable RoI pooling in the box
+  head, Dai et al. 2017 §2.2) -> {condition name: DetectionConfig overrides}."""
   variants = variants or (default,)
-  bad = [v for v in variants if v not in ("none", "v1", "v2")]
-  if bad:
-    raise ValueError(f"--variants={','.join(variants)}: {bad} not in (none, v1, v2)")
-  return {("plain" if v == "none" else f"dcn_{v}"): {"deformable": v} for v in variants}
+  conditions = {}
+  for v in variants:
+    conv, plus, pool = v.partition("+")
+    if conv not in ("none", "v1", "v2") or (plus and pool != "pool"):
+      raise ValueError(f"--variants={','.join(variants)}: {v!r} is not one of none, v1, v2 (each optionally "
+                       f"with +pool, e.g. v2+pool)")
+    name = ("plain" if conv == "none" else f"dcn_{conv}") + ("_deform_roi_pool" if plus else "")
+    conditions[name] = {"deformable": conv, **({"pooler": "deform"} if plus else {})}
+  return conditions
 
 
 def main(argv):

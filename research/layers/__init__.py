@@ -9,4 +9,5 @@ from research.layers.maxout import MaxoutDense, maxout
 from research.layers.se import SqueezeExcite
 from research.layers.spp import spatial_pyramid_pool
 from research.layers.deform import DeformConv
+from research.layers.deform_roi import DeformRoIAlign, MultiLevelDeformRoIAlign, multilevel_deform_roi_align
 from research.layers.roi import MultiLevelRoIAlign, fpn_levels, multilevel_roi_align

@@ -65,8 +65,9 @@ class DetectionConfig:
   eval_examples: int = setting(0, "Evaluate on the first N examples of --eval_split (0 = all).")
   image_size: int = setting(128, "Images are resized to fit a square of this size (divisible by 32).")
   max_instances: int = setting(16, "Ground-truth objects per image kept (padded to this many).")
-  pooler: str = setting("align", "RoI feature extraction: align (RoIAlign) or pool (RoIPool).",
-                        choices=("align", "pool"))
+  pooler: str = setting("align", "RoI feature extraction: align (RoIAlign), pool (RoIPool) or deform (deformable "
+                        "RoI pooling for the box head, Dai et al. 2017 §2.2; masks keep RoIAlign).",
+                        choices=("align", "pool", "deform"))
   fpn_channels: int = setting(64, "FPN channels (256 in the paper).")
   representation: int = setting(256, "Width of the 2fc box head (1024 in the paper).")
   mask_channels: int = setting(64, "Channels of the mask head's convs (256 in the paper).")

@@ -283,6 +283,7 @@ def test_bad_input_raises(call, match):
 # worked example
 
 
+@pytest.mark.slow  # the default run covers it: tests/classical/test_classical_cli.py runs this example
 def test_worked_example_quick(tmp_path):
   from research.methods.classical import divergences as example
   out = example.run(str(tmp_path), quick=True)

@@ -166,6 +166,7 @@ def test_bad_kernels_raise():
     dpp.sample(jax.random.key(0), np.full((N, N), np.nan))
 
 
+@pytest.mark.slow  # the default run covers it: tests/classical/test_classical_cli.py runs this example
 def test_worked_example_quick(tmp_path):
   from research.methods.classical import dpp as example
   out = example.run(str(tmp_path), quick=True)

@@ -104,3 +104,14 @@ def test_faster_rcnn_smoke_c4_vs_fpn(tiny_coco, tmp_path):
   summary = json.load(open(os.path.join(tmp_path, "summary.json")))
   assert set(summary["runs"]) == {"c4", "fpn"}
   assert os.path.exists(os.path.join(tmp_path, "c4_seed0", "detections.json"))
+
+
+def test_deformable_variants_parse_to_conditions():
+  from experiments.deformable import variant_conditions
+  assert variant_conditions(("none", "v2", "v2+pool"), "none") == {
+      "plain": {"deformable": "none"}, "dcn_v2": {"deformable": "v2"},
+      "dcn_v2_deform_roi_pool": {"deformable": "v2", "pooler": "deform"}}
+  assert variant_conditions((), "v1") == {"dcn_v1": {"deformable": "v1"}}
+  for bad in ("v3", "v2+roi", "none+"):
+    with pytest.raises(ValueError, match="optionally"):
+      variant_conditions((bad,), "none")

@@ -255,3 +255,30 @@ def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
   chex.assert_trees_all_close(params["backbone"], {k: a for k, a in v["params"].items() if k != "head"})
   chex.assert_trees_all_close(state["batch_stats"]["backbone"], v["batch_stats"])
   assert "fpn" in params and "rpn" in params
+
+
+def test_deformable_roi_pooling_box_head_starts_as_roialign_and_learns_offsets():
+  """pooler='deform' (Dai et al. 2017 §2.2): the zero-initialised offset fc makes the detector equal to the RoIAlign
+  one at init; the offset branch gets gradient from the detection loss; R-FCN refuses it (one clear error)."""
+  kw = {k: v for k, v in TINY.items() if "mask" not in k}
+  deform = models.create("faster_rcnn_fpn", num_classes=5, pooler="deform", **kw)
+  align = models.create("faster_rcnn_fpn", num_classes=5, pooler="align", **kw)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+  v = jax.jit(lambda r: deform.init({"params": r}, x, train=False))(jax.random.key(0))
+  offset_params = v["params"]["deform_roi_pool"]
+  assert all(float(jnp.abs(a).max()) == 0 for a in jax.tree.leaves(offset_params))  # the paper's single zero fc
+  va = {"params": {k: p for k, p in v["params"].items() if k != "deform_roi_pool"}, "batch_stats": v["batch_stats"]}
+  dd, da = jax.jit(lambda v: deform.apply(v, x, train=False))(v), jax.jit(lambda v: align.apply(v, x, train=False))(va)
+  chex.assert_trees_all_close(dd, da, atol=1e-5, rtol=1e-5)
+  tg = {k: a for k, a in _targets().items() if k != "masks"}
+
+  def loss(p):
+    out, _ = deform.apply({"params": p, "batch_stats": v["batch_stats"]}, x, train=True, targets=tg,
+                          rng=jax.random.key(0), mutable=["batch_stats"])
+    return out["total"]
+
+  total, grads = jax.jit(jax.value_and_grad(loss))(v["params"])
+  assert np.isfinite(float(total)) and float(optax_norm(grads["deform_roi_pool"])) > 0
+  with pytest.raises(ValueError, match="pooler='deform'"):
+    rfcn = models.create("rfcn", num_classes=5, pooler="deform", **kw)
+    jax.eval_shape(lambda r: rfcn.init(r, x, train=False), jax.random.key(0))

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from research import models
 from research.models.profile import layer_table
 
@@ -22,6 +24,7 @@ def test_layer_table_totals():
   assert "fire9/expand3x3" in text
 
 
+@pytest.mark.slow  # ~20 s (abstract init of every registered model); run -m slow after changing a model
 def test_docs_models_md_lists_every_model_with_current_counts():
   """Regenerate with `python -m experiments.model_zoo --all` when this fails."""
   rows = {}

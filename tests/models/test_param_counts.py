@@ -92,7 +92,11 @@ def test_mobilenet_mult_adds_match_paper():
 TORCHVISION = sorted(n for n, (_, _, src) in PUBLISHED.items() if src.startswith("torchvision 0.28"))
 
 
-@pytest.mark.parametrize("name", TORCHVISION)
+# The deepest variants (5-15 s of tracing each) under -m slow; their families' base models run by default.
+_DEEP = {"densenet161", "densenet169", "densenet201", "resnet101", "resnet152"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n for n in TORCHVISION])
 def test_torchvision_params_and_gmacs(name):
   """Params exactly and GMACs to the 3 decimals of torchvision 0.28's weights metadata (``num_params``, ``_ops``)."""
   from research.models.profile import profile

@@ -141,6 +141,9 @@ def test_two_processes_match_one_process(reference_runs):
   assert {"process_0-of-2.json", "process_1-of-2.json"} <= files, files
 
 
+# Cross-layout resume (2 processes <-> 1) costs ~25 s of extra runs: under -m slow (suite time); the default run keeps
+# the same-layout SIGKILL-resume check (tests/core/test_classify_cli.py) and the 1-vs-2-process equality above.
+@pytest.mark.slow
 def test_checkpoint_from_two_processes_resumes_in_one(reference_runs, resumed_runs):
   w14, _ = reference_runs
   resumed, _ = resumed_runs
@@ -151,6 +154,7 @@ def test_checkpoint_from_two_processes_resumes_in_one(reference_runs, resumed_ru
   assert_same_run(w14, resumed)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_one_process_resumes_in_two(reference_runs, resumed_runs):
   w14, _ = reference_runs
   _, resumed = resumed_runs

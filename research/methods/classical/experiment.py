@@ -52,6 +52,12 @@ class ClassicalConfig:
       raise ValueError(f"--algos lists an example twice: {','.join(self.algos)}")
 
 
+def _cell(value: Any, width: int = 160) -> str:
+  """``_compact(value)`` cut to ``width`` characters (the full numbers are in ``summary.json``)."""
+  text = _compact(value)
+  return text if len(text) <= width else text[:width - 4] + " ..."
+
+
 def _compact(value: Any, limit: int = 6) -> str:
   """A short table cell for one headline number (floats to 4 significant digits, long lists shortened)."""
   if isinstance(value, float):
@@ -96,7 +102,7 @@ def run(config: ClassicalConfig, workdir: str) -> dict[str, Any]:
   blocks = [f"# Classical worked examples (seed {config.seed}{', quick' if config.quick else ''})"]
   for algo, numbers in results.items():
     section, what = EXAMPLES[algo]
-    rows = [(k, _compact(v)) for k, v in numbers.items() if k not in ("seed", "quick", "figures")]
+    rows = [(k, _cell(v)) for k, v in numbers.items() if k not in ("seed", "quick", "figures")]
     figures = ", ".join(f"`{algo}/{name}`" for name in numbers.get("figures", []))
     blocks.append(f"## {algo} (seed {section}): {what}\n\nfigures: {figures or 'none'}")
     blocks.append(reporting.markdown_table(("quantity", "value"), rows))

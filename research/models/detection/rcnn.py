@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.layers.deform_roi import DeformRoIAlign, MultiLevelDeformRoIAlign
 from research.layers.roi import multilevel_roi_align
 from research.models import registry
 from research.models.detection import anchors as anchors_lib
@@ -58,7 +59,9 @@ class RCNN(nn.Module):
   image_size: tuple[int, int] = (128, 128)
   architecture: str = "fpn"  # "fpn" | "c4" | "rfcn"
   with_mask: bool = False
-  pooler: str = "align"  # "align" (RoIAlign) | "pool" (RoIPool): Mask R-CNN Table 2c
+  # "align" (RoIAlign) | "pool" (RoIPool): Mask R-CNN Table 2c | "deform": deformable RoI pooling for the box head
+  # (Dai et al. 2017 §2.2; RoIAlign sampling, offset fc zero-initialised; the mask head keeps RoIAlign)
+  pooler: str = "align"
   fpn_channels: int = 256
   anchor_sizes: tuple[tuple[float, ...], ...] = ((8,), (16,), (32,), (64,), (128,))  # per FPN level P2..P6
   c4_anchor_sizes: tuple[float, ...] = (8, 16, 32, 64, 128)
@@ -105,8 +108,12 @@ class RCNN(nn.Module):
   def _check(self, images):
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f"architecture={self.architecture!r}; choose one of {ARCHITECTURES}")
-    if self.pooler not in ("align", "pool"):
-      raise ValueError(f"pooler={self.pooler!r}; choose 'align' (RoIAlign) or 'pool' (RoIPool)")
+    if self.pooler not in ("align", "pool", "deform"):
+      raise ValueError(f"pooler={self.pooler!r}; choose 'align' (RoIAlign), 'pool' (RoIPool) or 'deform' "
+                       f"(deformable RoI pooling)")
+    if self.pooler == "deform" and self.architecture == "rfcn":
+      raise ValueError("pooler='deform' is for the fpn/c4 box heads; R-FCN pools position-sensitive score maps "
+                       "(deformable PS-RoI pooling is not implemented): use pooler='align'")
     if images.ndim != 4 or tuple(images.shape[1:3]) != tuple(self.image_size):
       raise ValueError(f"images must be [B, {self.image_size[0]}, {self.image_size[1]}, C] (the model's "
                        f"image_size), got {images.shape}")
@@ -124,13 +131,28 @@ class RCNN(nn.Module):
                          **kwargs, **extra)
 
   def _pool(self, levels, strides, boxes, box_indices, size):
+    """RoIAlign / RoIPool of ``boxes`` (the mask head's pooling also when ``pooler='deform'``)."""
+    pooler = "align" if self.pooler == "deform" else self.pooler
     if self.architecture == "c4":
-      if self.pooler == "pool":
+      if pooler == "pool":
         return roi_pool(levels[0], boxes, box_indices, size, spatial_scale=1.0 / strides[0])
       return roi_align(levels[0], boxes, box_indices, size, spatial_scale=1.0 / strides[0], sampling_ratio=2,
                        aligned=True)
     return multilevel_roi_align(levels, strides, boxes, box_indices, size, sampling_ratio=2, aligned=True,
-                                canonical_size=self.canonical_size, canonical_level=4, pooler=self.pooler)
+                                canonical_size=self.canonical_size, canonical_level=4, pooler=pooler)
+
+  def _box_pool_fn(self, levels, strides, size):
+    """``(rois, idx) -> [K, size, size, C]`` for the box head: ``_pool``, or deformable RoI pooling (one offset
+    branch, created here once) when ``pooler='deform'``."""
+    if self.pooler != "deform":
+      return lambda rois, idx: self._pool(levels, strides, rois, idx, size)
+    if self.architecture == "c4":
+      pool = DeformRoIAlign(size, sampling_ratio=2, param_dtype=self.param_dtype, name="deform_roi_pool")
+      return lambda rois, idx: pool(levels[0], rois, idx, spatial_scale=1.0 / strides[0])
+    pool = MultiLevelDeformRoIAlign(size, strides=tuple(int(s) for s in strides), sampling_ratio=2,
+                                    canonical_size=self.canonical_size, canonical_level=4,
+                                    param_dtype=self.param_dtype, name="deform_roi_pool")
+    return lambda rois, idx: pool(levels, rois, idx)
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool, targets: dict | None = None,
@@ -185,12 +207,14 @@ class RCNN(nn.Module):
       return rfcn
     if self.architecture == "fpn":
       head = TwoFCHead(self.num_classes, self.representation, name="box_head", **kw)
-      return lambda rois, idx: head(self._pool(levels, strides, rois, idx, 7))
+      box_pool = self._box_pool_fn(levels, strides, 7)
+      return lambda rois, idx: head(box_pool(rois, idx))
     res5 = self._backbone(name="res5_head", start_stage=4)
     predictor = BoxPredictor(self.num_classes, name="box_predictor", **kw)
     # The C4 head: RoI features 14x14 from C4 -> ResNet stage 5 (stride 2 -> 7x7) -> global average pool.
     # BatchNorm in res5 runs in inference mode on RoIs (statistics over sampled RoIs are not image statistics).
-    return lambda rois, idx: predictor(res5(self._pool(levels, strides, rois, idx, 14), train=False)["pooled"])
+    box_pool = self._box_pool_fn(levels, strides, 14)
+    return lambda rois, idx: predictor(res5(box_pool(rois, idx), train=False)["pooled"])
 
   # ------------------------------------------------------------------------------------------------ RPN
   def _proposals(self, logits, deltas, anchors, counts, pre_nms, post_nms):
