@@ -198,16 +198,17 @@ def test_continuous_samplers_ks(name, sample, cdf, mv):
 
 
 # GIG: the three algorithms of Hörmann & Leydold (hat for small ω, RoU without / with mode shift), small and large
+_slow = pytest.mark.slow  # one case per algorithm in the default run; the extremes under -m slow (suite time)
 GIG_CASES = [
   (0.5, 0.1, 0.1),        # ω = 0.1: three-piece hat
-  (0.2, 1e-4, 1e-4),      # ω = 1e-4: very heavy-tailed, three-piece hat
-  (0.0, 0.05, 0.2),       # λ = 0 branch of the hat
+  pytest.param(0.2, 1e-4, 1e-4, marks=_slow),      # ω = 1e-4: very heavy-tailed, three-piece hat
+  pytest.param(0.0, 0.05, 0.2, marks=_slow),       # λ = 0 branch of the hat
   (0.9, 0.4, 1.6),        # ω = 0.8: ratio-of-uniforms without mode shift
   (-0.3, 0.5, 1.0),       # negative p (1/GIG)
   (2.5, 3.0, 0.5),        # mode shift
-  (50.0, 100.0, 100.0),   # large λ, ω
-  (-7.0, 2.0, 30.0),      # large negative p
-  (1.0, 1e4, 1e4),        # ω = 1e4: very concentrated
+  pytest.param(50.0, 100.0, 100.0, marks=_slow),   # large λ, ω
+  pytest.param(-7.0, 2.0, 30.0, marks=_slow),      # large negative p
+  pytest.param(1.0, 1e4, 1e4, marks=_slow),        # ω = 1e4: very concentrated
 ]
 
 

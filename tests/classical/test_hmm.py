@@ -283,6 +283,7 @@ def test_bad_inputs():
     hmm.sample(jax.random.key(0), np.ones(2) / 2, np.ones((2, 2)), np.eye(2), 4)
 
 
+@pytest.mark.slow  # suite time; `python -m experiments.classical --flagfile=experiments/configs/classical_smoke.flags` runs it
 def test_worked_example_quick(tmp_path):
   from research.methods.classical import hmm as example
   out = example.run(str(tmp_path), quick=True)

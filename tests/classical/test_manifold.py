@@ -250,6 +250,7 @@ def test_bad_input_raises(call, match):
 
 # ------------------------------------------------------------------------------------------------ worked example
 
+@pytest.mark.slow  # suite time; `python -m experiments.classical --flagfile=experiments/configs/classical_smoke.flags` runs it
 def test_worked_example_quick(tmp_path):
   from research.methods.classical import manifold as example
   r = example.run(str(tmp_path), quick=True)

@@ -267,6 +267,7 @@ def test_bad_inputs_raise():
     mdp.random_walk_episodes(jax.random.key(0), 3, num_states=4)
 
 
+@pytest.mark.slow  # suite time; `python -m experiments.classical --flagfile=experiments/configs/classical_smoke.flags` runs it
 def test_worked_example_quick(tmp_path):
   from research.methods.classical import mdp as example
   out = example.run(str(tmp_path), quick=True)
