@@ -16,23 +16,13 @@ import argparse
 import importlib
 import json
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.ops import _cpu_name  # noqa: E402  (after the sys.path line)
+
 PARTS = ("gmm", "hmm", "manifold", "rpca_dct")
-
-
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as fh:
-      for line in fh:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown CPU"
 
 
 def main() -> None:

@@ -49,10 +49,14 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup()
   from research.methods.classical import experiment
+  from research.methods.classical._common import MissingExampleData
   with common.clean_errors():
     config = config_from_flags()
     workdir = common.config_from_flags(ExperimentFlags).workdir
-    summary = experiment.run(config, workdir)
+    try:
+      summary = experiment.run(config, workdir)
+    except MissingExampleData as e:
+      raise ValueError(str(e)) from e  # one "error:" line, exit 1
   common.print_markdown_summary(workdir, summary)
 
 

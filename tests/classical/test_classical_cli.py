@@ -87,3 +87,10 @@ def test_research_classical_imports_only_jax_numpy_and_the_standard_library():
         assert m.split(".")[0] in allowed, (name, m)
         if m.startswith("research"):
           assert m == "research.classical" or m.startswith("research.classical."), (name, m)
+
+
+def test_missing_example_data_package_names_the_install_command():
+  from research.methods.classical import _common
+  with pytest.raises(_common.MissingExampleData, match=r"the gmm example .* pip install -e '\.\[examples\]'"):
+    _common.data_module("no_such_package_xyz.datasets", "gmm")
+  assert issubclass(_common.MissingExampleData, ImportError)

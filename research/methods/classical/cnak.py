@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import clustering
 
 
@@ -29,13 +30,8 @@ def _centres(rng: np.random.Generator, k: int, box: float, min_sep: float) -> np
 
 def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict:
   """Runs Cnak on blob data sets; writes ``cnak_scores.png`` and ``cnak_clusters.png``; returns the numbers."""
-  try:
-    from sklearn.datasets import make_blobs
-  except ImportError as e:  # pragma: no cover
-    raise RuntimeError("This example needs scikit-learn for its data: pip install -e '.[examples]'") from e
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  make_blobs = _common.data_module("sklearn.datasets", "cnak").make_blobs
+  plt = _common.pyplot()
 
   os.makedirs(workdir, exist_ok=True)
   true_ks = [3, 5] if quick else [3, 4, 5, 6, 7, 8]

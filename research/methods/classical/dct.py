@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from research.classical import dct
+from research.methods.classical import _common
 
 
 def _zigzag_order(n: int = 8) -> np.ndarray:
@@ -51,19 +52,14 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict:
   """Write ``dct_basis.png``, ``dct_energy.png``, ``jpeg_rd.png`` into ``workdir``; return the headline numbers."""
   del seed  # deterministic
-  try:
-    import skimage.data
-  except ImportError as e:  # pragma: no cover
-    raise RuntimeError("the dct example needs scikit-image: pip install -e '.[examples]'") from e
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  skimage_data = _common.data_module("skimage.data", "dct")
+  plt = _common.pyplot()
 
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
-  images = {"camera": skimage.data.camera().astype(np.float64), "astronaut": _luma(skimage.data.astronaut())}
+  images = {"camera": skimage_data.camera().astype(np.float64), "astronaut": _luma(skimage_data.astronaut())}
   if not quick:
-    images["coffee"] = _luma(skimage.data.coffee())
+    images["coffee"] = _luma(skimage_data.coffee())
   if quick:
     images = {k: v[128:384, 128:384] for k, v in images.items()}
 

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import divergences
 
 
@@ -46,9 +47,7 @@ def _kl_tables(x, p, mus, sigmas):
 
 def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict:
   """Writes ``divergences.png`` into ``workdir``; returns the fitted parameters and the JS / W1 numbers."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _common.pyplot()
 
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()

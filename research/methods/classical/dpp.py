@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import dpp
 
 SIGMA_STEPS = 3.0  # RBF bandwidth in grid steps
@@ -39,9 +40,7 @@ def _stats(points: np.ndarray, masks: np.ndarray, close: float) -> tuple[np.ndar
 
 def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict[str, Any]:
   """k-DPP vs uniform subsets of a 20 x 20 grid; writes ``dpp_vs_uniform.png``; returns the diversity numbers."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _common.pyplot()
 
   os.makedirs(workdir, exist_ok=True)
   g, k = 20, 20

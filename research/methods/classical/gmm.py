@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import clustering, gmm
 
 REG_COVAR = 1e-6
@@ -66,14 +67,10 @@ def _ellipse(ax, mean, cov, color):
 
 def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict:
   """Fits the GMMs; writes ``gmm_iris.png``; returns per-data-set numbers."""
-  try:
-    from sklearn.datasets import load_digits, load_iris, load_wine
-    from sklearn.mixture import GaussianMixture
-  except ImportError as e:  # pragma: no cover
-    raise RuntimeError("This example needs scikit-learn for its data: pip install -e '.[examples]'") from e
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  sk_data = _common.data_module("sklearn.datasets", "gmm")
+  load_digits, load_iris, load_wine = sk_data.load_digits, sk_data.load_iris, sk_data.load_wine
+  GaussianMixture = _common.data_module("sklearn.mixture", "gmm").GaussianMixture  # the same-start comparison column
+  plt = _common.pyplot()
 
   os.makedirs(workdir, exist_ok=True)
   datasets = {"iris": load_iris(return_X_y=True)}

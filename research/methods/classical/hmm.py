@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import hmm
 
 FAIR, LOADED = 0, 1
@@ -30,9 +31,7 @@ def _round(a: Any, nd: int = 4) -> Any:
 
 
 def _figures(workdir: str, rolls, states, post_loaded, path, history, others, ll_true, n_show: int) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _common.pyplot()
 
   t = np.arange(n_show)
   fig, axes = plt.subplots(3, 1, figsize=(12, 6.5), sharex=True, gridspec_kw={"height_ratios": [1.2, 1, 0.5]})

@@ -22,17 +22,14 @@ from typing import Any
 import jax
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import manifold
 
 METHODS = ("pca", "kernel_pca", "isomap", "lle", "laplacian_eigenmaps")
 
 
 def _datasets():
-  try:
-    from sklearn import datasets
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise RuntimeError("the manifold worked example needs scikit-learn's datasets: pip install -e '.[examples]'") from e
-  return datasets
+  return _common.data_module("sklearn.datasets", "manifold")
 
 
 def _median_gamma(x: np.ndarray) -> float:
@@ -111,9 +108,7 @@ def kmeans_numpy(x: np.ndarray, k: int, seed: int, n_init: int = 10, iters: int 
 
 
 def _figures(workdir, roll, digits, cuts) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _common.pyplot()
 
   x, t, embs, rho = roll
   fig = plt.figure(figsize=(19, 3.4))

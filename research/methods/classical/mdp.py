@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import mdp
 
 # Actions: up, right, down, left (row, column offsets).
@@ -207,9 +208,7 @@ def _random_walk_19(key, runs: int, ns: list[int], lams: list[float], alphas: np
 
 
 def _figures(workdir: str, mb: dict, w5: dict, w19: dict) -> list[str]:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = _common.pyplot()
 
   names = []
   fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from research.methods.classical import _common
 from research.classical import rpca
 
 _FG_THRESHOLD = 0.1
@@ -55,13 +56,8 @@ def shapes_video(num_frames: int = 40, size: int = 48, square: int = 8, seed: in
 
 def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict:
   """Run both examples, write ``rpca_image.png``, ``rpca_video.png``, ``rpca_convergence.png``; return numbers."""
-  try:
-    import skimage.data
-  except ImportError as e:  # pragma: no cover
-    raise RuntimeError("the rpca example needs scikit-image: pip install -e '.[examples]'") from e
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  skimage_data = _common.data_module("skimage.data", "rpca")
+  plt = _common.pyplot()
 
   os.makedirs(workdir, exist_ok=True)
   t0 = time.perf_counter()
@@ -69,7 +65,7 @@ def run(workdir: str, *, seed: int = 0, quick: bool = False) -> dict:
 
   # (a) salt-and-pepper corrupted image
   size = 128 if quick else 256
-  clean = _block_mean(skimage.data.camera().astype(np.float64) / 255.0, size)
+  clean = _block_mean(skimage_data.camera().astype(np.float64) / 255.0, size)
   corrupt_mask = rng.random(clean.shape) < 0.10
   corrupted = np.where(corrupt_mask, (rng.random(clean.shape) < 0.5).astype(np.float64), clean)
   res_img = rpca.rpca_admm(corrupted.astype(np.float32), eps2=_EPS2, max_iter=300, tol=_TOL)
