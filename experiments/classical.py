@@ -3,7 +3,7 @@ TD learning, DPP) and Cnak (seed 000): each section's worked example on real or 
 
   python -m experiments.classical --flagfile=experiments/configs/classical_smoke.flags
   python -m experiments.classical --flagfile=experiments/configs/classical.flags
-  python -m experiments.classical --algos=hmm,mdp
+  python -m experiments.classical --algos=hmm,mdp          (--algo=hmm is the same flag)
 
 The algorithms are pure JAX functions in ``research.classical``; the examples (data, figures, numbers) are
 ``research.methods.classical.<algo>``; this script parses the flags and runs them (see
@@ -34,6 +34,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Every flag of ``experiments.classical``: one per ``ClassicalConfig`` field, and ``--workdir``."""
   common.define_flags(ClassicalConfig, flag_values=flag_values)
   common.define_flags(ExperimentFlags, flag_values=flag_values)
+  flags.DEFINE_alias("algo", "algos", flag_values=flag_values)  # --algo=hmm reads as well as --algos=hmm
 
 
 define_flags()
