@@ -364,11 +364,44 @@ def pretrained_variables(task: "DetectionTask", image_shape, checkpoint: str) ->
                        f"the same --backbone and width")
     return flax_unflatten({k: jnp.asarray(src[k], flat[k].dtype) for k in flat})
 
+  flat_src = plain_to_deformable(flat_src, flax_flatten(params["backbone"]))
   params = dict(params, backbone=merge(params["backbone"], flat_src, "parameters"))
   bs = dict(state["batch_stats"])
   bs["backbone"] = merge(bs["backbone"], flat_bs, "BatchNorm statistics")
   log.info("backbone initialised from %s", checkpoint)
   return params, dict(state, batch_stats=bs)
+
+
+def plain_to_deformable(src: dict[tuple[str, ...], Any], target: dict[tuple[str, ...], Any]) -> dict:
+  """A plain backbone's flat params laid out for its deformable twin (Dai et al. 2017 §3: DCN starts from the
+  pre-trained plain network, offsets at zero).
+
+  In every block of ``target`` that has a ``DeformConv_0``, the block's first source conv whose kernel has the
+  deformable kernel's shape becomes ``DeformConv_0/kernel`` and the block's other convs keep their order as
+  ``Conv_0, Conv_1, ...`` (flax numbers each module type separately); the offset branch keeps ``target``'s
+  (zero) initial values. ``src`` is returned unchanged when ``target`` has no deformable conv."""
+  blocks = sorted({k[:k.index("DeformConv_0")] for k in target if "DeformConv_0" in k})
+  if not blocks:
+    return src
+  out = dict(src)
+  for block in blocks:
+    n = len(block)
+    conv_names = sorted({k[n] for k in src if k[:n] == block and len(k) > n and k[n].startswith("Conv_")},
+                        key=lambda c: int(c.split("_")[1]))
+    kernel = target[block + ("DeformConv_0", "kernel")]
+    chosen = next((c for c in conv_names if np.shape(src[block + (c, "kernel")]) == np.shape(kernel)), None)
+    if chosen is None:
+      continue  # left for merge() to report as missing
+    renames = {chosen: "DeformConv_0", **{c: f"Conv_{i}" for i, c in enumerate(x for x in conv_names if x != chosen)}}
+    for k in [k for k in out if k[:n] == block and len(k) > n and k[n] in renames]:
+      del out[k]
+    for k, v in src.items():
+      if k[:n] == block and len(k) > n and k[n] in renames:
+        out[block + (renames[k[n]],) + k[n + 1:]] = v
+    for k, v in target.items():  # the offset branch: its initial (zero) values
+      if k[:n + 1] == block + ("DeformConv_0",) and k[n + 1] != "kernel":
+        out[k] = v
+  return out
 
 
 def flax_flatten(tree) -> dict[tuple[str, ...], Any]:

@@ -224,16 +224,16 @@ def test_deformable_backbone_stages_and_v1_starts_as_the_plain_network():
   vp = jax.jit(lambda r: plain.init(r, x, train=False))(jax.random.key(0))
   vd = jax.eval_shape(lambda r: dcn.init(r, x, train=False), jax.random.key(0))
   assert "DeformConv_0" in vd["params"]["stage3_block0"] and "Conv_0" in vd["params"]["stage2_block0"]
-  # Copy the plain weights into the DCN net (offset convs stay zero): same features.
-  params = jax.tree.map(lambda a: a, vp["params"])
-  for stage in ("stage3", "stage4"):
-    for b in ("block0", "block1"):
-      p = dict(params[f"{stage}_{b}"])
-      kernel = p.pop("Conv_0")["kernel"]  # the first 3x3 conv becomes deformable; the second is now Conv_0
-      p["Conv_0"] = p.pop("Conv_1")
-      p["DeformConv_0"] = {"kernel": kernel, "offset_conv": jax.tree.map(
-          jnp.zeros_like, vd["params"][f"{stage}_{b}"]["DeformConv_0"]["offset_conv"])}
-      params[f"{stage}_{b}"] = p
+  # The plain weights laid out for the DCN net (offset convs stay zero; what --pretrain_steps / --backbone_checkpoint
+  # do for --deformable=v1|v2): same features.
+  from research.train.detection import flax_flatten, flax_unflatten, plain_to_deformable
+  target = flax_flatten(jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), vd["params"]))
+  flat = plain_to_deformable(flax_flatten(vp["params"]), target)
+  assert {k: np.shape(a) for k, a in flat.items()} == {k: np.shape(a) for k, a in target.items()}
+  params = flax_unflatten(flat)
+  np.testing.assert_array_equal(params["stage3_block0"]["DeformConv_0"]["kernel"],
+                                vp["params"]["stage3_block0"]["Conv_0"]["kernel"])
+  assert plain_to_deformable(flax_flatten(vp["params"]), flax_flatten(vp["params"])) == flax_flatten(vp["params"])
   fp = jax.jit(lambda v: plain.apply(v, x, train=False))(vp)
   fd = jax.jit(lambda v: dcn.apply(v, x, train=False))({"params": params, "batch_stats": vp["batch_stats"]})
   chex.assert_trees_all_close(fp["C5"], fd["C5"], atol=1e-4, rtol=1e-4)
