@@ -183,6 +183,14 @@ def _kmeans_seeded(x: jax.Array, w: jax.Array, key: jax.Array, num_centers: int,
   return jax.tree_util.tree_map(lambda a: a[best], runs)
 
 
+def kmeans_core(x: jax.Array, k: int, key: jax.Array, *, n_init: int = 1, max_iter: int = 100,
+                tol=1e-4) -> KMeansResult:
+  """``kmeans`` without its argument checks, for use inside another jitted function (``x`` may be traced):
+  k-means++ seeding, ``n_init`` vmapped restarts, unit weights. x: [n, d] -> centers [k, d], labels [n]."""
+  return _kmeans_seeded(x, jnp.ones((x.shape[0],), x.dtype), key, k, k, n_init, max_iter, tol, "k-means++",
+                        _default_local_trials(k))
+
+
 @functools.partial(jax.jit, static_argnames=("k", "n_init", "max_iter", "init", "n_local_trials"))
 def _kmeans_seeded_jit(x, w, key, k, n_init, max_iter, tol, init, n_local_trials):
   return _kmeans_seeded(x, w, key, k, k, n_init, max_iter, tol, init, n_local_trials)

@@ -23,7 +23,7 @@ Every embedding takes ``x: [n, d]`` and returns a frozen result dataclass (a pyt
   SpectralClustering): k-means on the first ``n_clusters`` generalised eigenvectors D^{-1/2} u;
   ``method="njw"`` (Ng, Jordan & Weiss 2002): k-means on the rows of U normalised to unit length. The k-means
   (k-means++ seeding from ``key``, Lloyd iterations in ``lax.while_loop``, ``n_init`` restarts under ``vmap``)
-  is written here.
+  is ``research.classical.clustering.kmeans_core``.
 
 Conventions.
 * Sign: every eigen/singular vector is flipped so that its largest-magnitude entry is positive (for ``pca`` the
@@ -54,6 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from research.classical import clustering
 
 __all__ = [
   "PCAResult", "KernelPCAResult", "IsomapResult", "LLEResult", "SpectralEmbeddingResult", "NormalizedCutResult",
@@ -578,62 +580,6 @@ def laplacian_eigenmaps(x: jax.Array, n_components: int, n_neighbors: int | None
   return _spectral_embedding(a, n_comp, k)
 
 
-def _sq_dist_to_centers(z, c):
-  return jnp.sum((z[:, None, :] - c[None, :, :]) ** 2, axis=-1)  # [n, k]; k and dim are small here
-
-
-def _kmeans_pp(key, z, k: int):
-  """k-means++ seeding (Arthur & Vassilvitskii 2007): first centre uniform, then D^2 sampling by the inverse CDF
-  (all uniforms drawn up front)."""
-  n = z.shape[0]
-  u = jax.random.uniform(key, (k,), z.dtype)
-  first = jnp.minimum((u[0] * n).astype(jnp.int32), n - 1)
-  centers = jnp.zeros((k, z.shape[1]), z.dtype).at[0].set(z[first])
-  d2 = jnp.sum((z - z[first]) ** 2, axis=1)
-
-  def body(i, carry):
-    centers, d2 = carry
-    cdf = jnp.cumsum(d2)
-    # all points on the chosen centres (total 0): fall back to a uniform draw
-    j = jnp.where(cdf[-1] > 0, jnp.searchsorted(cdf, u[i] * cdf[-1], side="right"), (u[i] * n).astype(jnp.int32))
-    c = z[jnp.minimum(j, n - 1)]
-    return centers.at[i].set(c), jnp.minimum(d2, jnp.sum((z - c) ** 2, axis=1))
-
-  centers, _ = lax.fori_loop(1, k, body, (centers, d2))
-  return centers
-
-
-def _lloyd(z, centers, max_iter: int, tol_abs):
-  """Lloyd iterations until the centre shift (sum of squares) <= tol_abs or max_iter; an empty cluster keeps its
-  previous centre."""
-  k = centers.shape[0]
-
-  def body(state):
-    it, c, _ = state
-    onehot = jax.nn.one_hot(jnp.argmin(_sq_dist_to_centers(z, c), axis=1), k, dtype=z.dtype)
-    counts = jnp.sum(onehot, axis=0)
-    new = jnp.where(counts[:, None] > 0, jnp.matmul(onehot.T, z, precision=_HI) / jnp.maximum(counts, 1)[:, None],
-                    c)
-    return it + 1, new, jnp.sum((new - c) ** 2)
-
-  _, c, _ = lax.while_loop(lambda s: (s[0] < max_iter) & (s[2] > tol_abs), body,
-                           (jnp.int32(0), centers, jnp.asarray(jnp.inf, z.dtype)))
-  d2 = _sq_dist_to_centers(z, c)
-  return jnp.argmin(d2, axis=1).astype(jnp.int32), c, jnp.sum(jnp.min(d2, axis=1))
-
-
-def _kmeans(key, z, k: int, n_init: int, max_iter: int, tol):
-  """Best of n_init k-means++ / Lloyd runs (vmapped) by inertia: (labels [n], centres [k, dim], inertia [])."""
-  tol_abs = tol * jnp.mean(jnp.var(z, axis=0))
-
-  def one(key):
-    return _lloyd(z, _kmeans_pp(key, z, k), max_iter, tol_abs)
-
-  labels, centers, inertia = jax.vmap(one)(jax.random.split(key, n_init))
-  best = jnp.argmin(inertia)
-  return labels[best], centers[best], inertia[best]
-
-
 @functools.partial(jax.jit, static_argnames=("n_clusters", "n_init", "max_iter"))
 def _normalized_cut(key, a, n_graph_components, tol, njw, n_clusters: int, n_init: int, max_iter: int):
   evals, evecs, dd = _normalized_laplacian_eigh(a)
@@ -641,9 +587,9 @@ def _normalized_cut(key, a, n_graph_components, tol, njw, n_clusters: int, n_ini
   norm = jnp.linalg.norm(u, axis=1, keepdims=True)
   # ``njw`` is a traced flag (both [n, c] embeddings are cheap): one compilation serves both methods
   z = jnp.where(njw, u / jnp.where(norm > 0, norm, 1.0), _flip_signs(u / dd[:, None]))
-  labels, centers, inertia = _kmeans(key, z, n_clusters, n_init, max_iter, tol)
-  return NormalizedCutResult(labels=labels, embedding=z, eigenvalues=evals[:n_clusters], centers=centers,
-                             inertia=inertia, n_graph_components=n_graph_components)
+  km = clustering.kmeans_core(z, n_clusters, key, n_init=n_init, max_iter=max_iter, tol=tol)
+  return NormalizedCutResult(labels=km.labels, embedding=z, eigenvalues=evals[:n_clusters], centers=km.centers,
+                             inertia=km.inertia, n_graph_components=n_graph_components)
 
 
 def normalized_cut(x: jax.Array, n_clusters: int, key: jax.Array, *, affinity: str = "rbf", gamma=1.0,
