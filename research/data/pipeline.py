@@ -32,11 +32,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from research.data import citation_sbm as citation_sbm_lib  # noqa: F401  (registers the TFDS builder "citation_sbm")
 from research.data import scenes as scenes_lib  # noqa: F401  (registers the TFDS builder "shapes_scenes")
 from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
 from research.data import shapes_render
 
-PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes}
+PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
+              "citation_sbm": citation_sbm_lib.CitationSBM}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
