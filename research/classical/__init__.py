@@ -17,13 +17,15 @@ Imports only jax and numpy (never models, train or data). Each module cites the 
 | ``dpp`` | DPP and k-DPP exact sampling, ``log_prob``, marginal kernel | 003 §16 |
 | ``distributions`` | Laplace, Student-t, Cauchy, Beta, GIG, Bernoulli, Poisson, negative binomial: densities, samplers | 003 §29 |
 | ``clustering`` | k-means (k-means++), Hungarian ``linear_sum_assignment``, Cnak | 000 Q7 |
+| ``assignment`` | padded/masked Hungarian ``masked_linear_sum_assignment`` (forbidden pairs, big-M), ``assignment_matrix`` | 003, 001 Q2 |
+| ``affinity_propagation`` | affinity propagation (Frey & Dueck 2007), scikit-learn semantics | 001 Q2 |
 
 Agreement with scikit-learn, hmmlearn, scipy, POT and OpenCV is tested in ``tests/classical``; speed against them
 is measured by ``benchmarks/classical.py``; the worked examples are ``python -m experiments.classical``.
 """
 
-from research.classical import (clustering, dct, distributions, divergences, dpp, geometry, gmm, hmm, manifold, mdp,
-                                naive_bayes, rpca, sequences)
+from research.classical import (affinity_propagation, assignment, clustering, dct, distributions, divergences, dpp,
+                                geometry, gmm, hmm, manifold, mdp, naive_bayes, rpca, sequences)
 
-__all__ = ["clustering", "dct", "distributions", "divergences", "dpp", "geometry", "gmm", "hmm", "manifold", "mdp",
+__all__ = ["affinity_propagation", "assignment", "clustering", "dct", "distributions", "divergences", "dpp", "geometry", "gmm", "hmm", "manifold", "mdp",
            "naive_bayes", "rpca", "sequences"]

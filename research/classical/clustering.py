@@ -307,12 +307,16 @@ def _hungarian(cost: jax.Array) -> jax.Array:
   inf = jnp.asarray(jnp.inf, dtype)
   a = jnp.zeros((n + 1, m + 1), dtype).at[1:, 1:].set(cost)
   cols = jnp.arange(m + 1, dtype=jnp.int32)
+  # Zeros computed from `cost`: loop carries started from them vary exactly as the cost does, so the loops also
+  # trace inside shard_map (a constant initial carry would be device-invariant while the body's output varies).
+  zero = a[0, 0]
+  zero_i = zero.astype(jnp.int32)
 
   def add_row(i, carry):
     u, v, p, way = carry
     p = p.at[0].set(i)
-    minv = jnp.full((m + 1,), inf)
-    used = jnp.zeros((m + 1,), bool)
+    minv = jnp.full((m + 1,), inf) + zero
+    used = jnp.zeros((m + 1,), bool) | (zero_i != 0)
 
     def grow_cond(s):
       _, _, p, _, _, _, j0 = s
@@ -334,7 +338,7 @@ def _hungarian(cost: jax.Array) -> jax.Array:
       minv = jnp.where(used, minv, minv - delta)
       return u, v, p, way, minv, used, j1
 
-    u, v, p, way, _, _, j0 = lax.while_loop(grow_cond, grow, (u, v, p, way, minv, used, jnp.zeros((), jnp.int32)))
+    u, v, p, way, _, _, j0 = lax.while_loop(grow_cond, grow, (u, v, p, way, minv, used, zero_i))
 
     def flip_cond(s):
       return s[1] != 0
@@ -347,8 +351,8 @@ def _hungarian(cost: jax.Array) -> jax.Array:
     p, _ = lax.while_loop(flip_cond, flip, (p, j0))
     return u, v, p, way
 
-  init = (jnp.zeros((n + 1,), dtype), jnp.zeros((m + 1,), dtype), jnp.zeros((m + 1,), jnp.int32),
-          jnp.zeros((m + 1,), jnp.int32))
+  init = (jnp.zeros((n + 1,), dtype) + zero, jnp.zeros((m + 1,), dtype) + zero, jnp.zeros((m + 1,), jnp.int32) + zero_i,
+          jnp.zeros((m + 1,), jnp.int32) + zero_i)
   _, _, p, _ = lax.fori_loop(1, n + 1, add_row, init)
   row_of_col = p[1:]  # 1-based row assigned to each column, 0 = unassigned
   target = jnp.where(row_of_col > 0, row_of_col - 1, n)
