@@ -31,10 +31,16 @@ class ExperimentFlags:
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   common.define_flags(GCNConfig, flag_values=flag_values)
   common.define_flags(ExperimentFlags, flag_values=flag_values)
-  flags.DEFINE_alias("model", "models", flag_values=flag_values)  # --model=gcn reads as well
+  if "model" not in flag_values:  # --model=gcn reads as well (unless another experiment's --model is loaded)
+    flags.DEFINE_alias("model", "models", flag_values=flag_values)
 
 
 define_flags()
+
+
+def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> GCNConfig:
+  """The ``GCNConfig`` of the parsed flags (ValueError naming the flag for a bad value)."""
+  return common.config_from_flags(GCNConfig, flag_values=flag_values)
 
 
 def main(argv):
@@ -43,7 +49,7 @@ def main(argv):
   common.setup()
   from research.methods import gcn_experiment
   with common.clean_errors():
-    config = common.config_from_flags(GCNConfig)
+    config = config_from_flags()
     workdir = common.config_from_flags(ExperimentFlags).workdir
     summary = gcn_experiment.run(config, workdir)
   common.print_markdown_summary(workdir, summary)

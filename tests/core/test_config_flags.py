@@ -15,7 +15,10 @@ from absl import flags
 from experiments import common
 from research.configs import help_of, setting
 from research.methods.classical.experiment import ClassicalConfig
+from research.methods.gcn_experiment import GCNConfig
+from research.methods.glmnet_experiment import GLMNetConfig
 from research.methods.large_minibatch import LargeMinibatchConfig
+from research.methods.line_experiment import LineConfig
 from research.methods.super_convergence import SuperConvergenceConfig
 from research.methods.task2vec.experiment import Task2VecConfig
 from research.methods.task2vec.tasks import SuiteConfig
@@ -25,9 +28,9 @@ from research.train.detection import DetectionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
-           DetectionConfig, ClassicalConfig]
+           DetectionConfig, ClassicalConfig, GCNConfig, LineConfig, GLMNetConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
-               "faster_rcnn", "deformable", "rfcn", "classical")
+               "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:
