@@ -35,8 +35,9 @@ class GCNConfig:
   data_dir: str = setting("", "TFDS data_dir of generated datasets ('' = the default).")
   models: tuple[str, ...] = setting(MODELS, "Models to compare: gcn (renormalised first order), chebnet "
                                     "(Chebyshev order --K), mlp.", choices=MODELS)
-  K: tuple[int, ...] = setting((2, 3), "Chebyshev orders for --models=chebnet (one run per K; K terms T_0..T_{K-1} "
-                               "as in Kipf & Welling's Table 3 naming: K=2 is first order).")
+  K: tuple[int, ...] = setting((2, 3), "Chebyshev filter sizes for --models=chebnet, one run per K: K terms "
+                               "T_0..T_{K-1} (Defferrard et al.'s K; a filter of order K-1). Kipf & Welling's Table 3 "
+                               "names filters by their order: their K=2 / K=3 are --K=3 / --K=4 here.")
   hidden: int = setting(16, "Hidden units of the 2-layer models.")
   dropout: float = setting(0.5, "Dropout rate (inputs of both layers).")
   learning_rate: float = setting(0.01, "Adam learning rate.")

@@ -1,6 +1,10 @@
 """Graph models (family ``"graph"``); importing this package registers ``gcn``, ``chebnet``, ``graph_mlp`` and
-``chebnet_pool`` (Kipf & Welling 2017; Defferrard et al. 2016)."""
+``chebnet_pool`` (Kipf & Welling 2017; Defferrard et al. 2016). Also here: ``line.LINE`` (Tang et al. 2015) and
+``glmnet.GLMNet`` (Jiang et al. 2019), built by their tasks (``research.train.line``, ``research.train.matching``)."""
 
+from research.models.graph import glmnet, line
 from research.models.graph.gcn import ChebNetPool, NodeClassifier
+from research.models.graph.glmnet import GLMNet
+from research.models.graph.line import LINE
 
-__all__ = ["ChebNetPool", "NodeClassifier"]
+__all__ = ["ChebNetPool", "GLMNet", "LINE", "NodeClassifier", "glmnet", "line"]
