@@ -5,9 +5,12 @@ plus the JAX epoch time of ChebNet K = 2, 3 and an MLP (Kipf & Welling's cost co
   python -m benchmarks.gcn --dataset=citation_sbm/small --repeats=3        # quick check, JAX only
 
 JAX: the training loop's own compiled step (``jit(shard_map(task.update))``, state donated) of
-``research.train.graph.NodeClassificationTask`` on one CPU device. PyTorch: the same two-layer model (dropout 0.5,
-16 hidden, biases, Adam 0.01 with L2 5e-4 on the first layer) with the renormalised adjacency as a dense [N, N] tensor
-(``torch.mm``) and as a sparse COO tensor (``torch.sparse.mm``), in its own interpreter (torch is never a dependency).
+``research.train.graph.NodeClassificationTask`` on one CPU device, with the bag-of-words features sparse (the
+default: sparse dropout, sparse first-layer product) and, for GCN, dense (``gcn_dense_x``). PyTorch: the same
+two-layer model (dropout 0.5, 16 hidden, biases, Adam 0.01 with L2 5e-4 on the first layer) with the renormalised
+adjacency as a dense [N, N] tensor (``torch.mm``) or a sparse COO tensor (``torch.sparse.mm``, the pygcn reference
+layout with dense features), and with sparse features too (the twin of the JAX default), in its own interpreter
+(torch is never a dependency).
 Same threads (``--threads``, default all cores). Each number is the median over ``--repeats`` timings of
 ``--epochs`` epochs after ``--warmup`` epochs; ratio = peer / JAX (> 1: JAX faster).
 """
@@ -58,15 +61,27 @@ class GCN(torch.nn.Module):
     h = torch.nn.functional.dropout(h, 0.5, self.training)
     return mm(self.l2(h)) + self.b2
 
+xi = x.nonzero().T
+x_sparse = torch.sparse_coo_tensor(xi, x[xi[0], xi[1]], x.shape).coalesce()
+
+class SparseInputGCN(GCN):
+  def forward(self, x, mm):  # sparse X with dropout of its stored values only (the twin of research's sparse path)
+    v = torch.nn.functional.dropout(x.values(), 0.5, self.training)
+    xd = torch.sparse_coo_tensor(x.indices(), v, x.shape)
+    h = torch.relu(mm(torch.sparse.mm(xd, self.l1.weight.T)) + self.b1)
+    h = torch.nn.functional.dropout(h, 0.5, self.training)
+    return mm(self.l2(h)) + self.b2
+
 def run(kind):
   a = a_dense if kind == "dense" else a_sparse
   mm = (lambda z: torch.mm(a, z)) if kind == "dense" else (lambda z: torch.sparse.mm(a, z))
-  model = GCN(x.shape[1], 16, int(y.max()) + 1)
+  model = (SparseInputGCN if kind == "sparse_x" else GCN)(x.shape[1], 16, int(y.max()) + 1)
+  inputs = x_sparse if kind == "sparse_x" else x
   opt = torch.optim.Adam([{"params": [model.l1.weight], "weight_decay": 5e-4},
                           {"params": [model.b1, model.l2.weight, model.b2], "weight_decay": 0.0}], lr=0.01)
   def epoch():
     opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(x, mm)[train], y[train])
+    loss = torch.nn.functional.cross_entropy(model(inputs, mm)[train], y[train])
     loss.backward(); opt.step()
     return loss
   for _ in range(spec["warmup"]):
@@ -80,7 +95,8 @@ def run(kind):
     times.append((time.perf_counter() - t0) * 1e3 / spec["epochs"])
   return sorted(times)[len(times) // 2]
 
-print(json.dumps({"torch_version": torch.__version__, "dense_ms": run("dense"), "sparse_ms": run("sparse")}))
+print(json.dumps({"torch_version": torch.__version__, "dense_ms": run("dense"), "sparse_ms": run("sparse"),
+                  "sparse_x_ms": run("sparse_x")}))
 """
 
 
@@ -89,7 +105,7 @@ def _median(xs):
   return xs[len(xs) // 2]
 
 
-def bench_jax(graph, kind: str, K: int, epochs: int, warmup: int, repeats: int) -> float:
+def bench_jax(graph, kind: str, K: int, epochs: int, warmup: int, repeats: int, sparse: bool | None = None) -> float:
   """Median ms per epoch of the loop's compiled train step for one model on one device."""
   import jax
 
@@ -102,7 +118,7 @@ def bench_jax(graph, kind: str, K: int, epochs: int, warmup: int, repeats: int) 
   model = models.create(name, num_classes=graph.num_classes, hidden=16, dropout=0.5, **kw)
   task = graph_train.NodeClassificationTask(model, num_features=graph.features.shape[1])
   mesh = task_lib.make_mesh(jax.devices()[:1])
-  data = graph_train.FullGraphBatches(graph, num_rows=1)
+  data = graph_train.FullGraphBatches(graph, num_rows=1, sparse=sparse)
   batch = next(data)
   _, state = task_lib.init_train_state(task, 0, task_lib.abstract_batch(batch), mesh)
   step = task_lib.compiled_train_step(task, mesh)
@@ -147,9 +163,10 @@ def main(argv):
         f"{jax.devices()[0].device_kind}, {threads} threads", flush=True)
   results = {"graph": graph.name, "nodes": graph.num_nodes, "edges": int(len(graph.senders)), "threads": threads,
              "jax_ms": {}}
-  for kind, K, label in (("gcn", 1, "gcn"), ("chebnet", 2, "chebnet_K2"), ("chebnet", 3, "chebnet_K3"),
-                         ("mlp", 1, "mlp")):
-    results["jax_ms"][label] = bench_jax(graph, kind, K, FLAGS.epochs, FLAGS.warmup, FLAGS.repeats)
+  for kind, K, label, sparse in (("gcn", 1, "gcn", None), ("chebnet", 2, "chebnet_K2", None),
+                                 ("chebnet", 3, "chebnet_K3", None), ("chebnet", 4, "chebnet_K4", None),
+                                 ("mlp", 1, "mlp", None), ("gcn", 1, "gcn_dense_x", False)):
+    results["jax_ms"][label] = bench_jax(graph, kind, K, FLAGS.epochs, FLAGS.warmup, FLAGS.repeats, sparse)
     print(f"  jax {label:11s} {results['jax_ms'][label]:8.3f} ms/epoch", flush=True)
   if FLAGS.torch_python:
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,11 +185,11 @@ def main(argv):
   for label, ms in results["jax_ms"].items():
     print(f"| JAX {label} | {ms:.3f} | {ms / gcn:.2f} |")
   if "torch" in results:
-    for kind in ("dense", "sparse"):
+    names = {"dense": "dense A, dense X", "sparse": "sparse A, dense X (pygcn)", "sparse_x": "sparse A, sparse X"}
+    for kind, what in names.items():
       ms = results["torch"][f"{kind}_ms"]
       results[f"ratio_torch_{kind}"] = ms / gcn
-      print(f"| PyTorch {results['torch']['torch_version']} GCN {kind} | {ms:.3f} | {ms / gcn:.2f} "
-            f"(torch/JAX = {ms / gcn:.2f}) |")
+      print(f"| PyTorch {results['torch']['torch_version']} GCN, {what} | {ms:.3f} | {ms / gcn:.2f} |")
   if FLAGS.output:
     with open(FLAGS.output, "w") as f:
       json.dump(results, f, indent=2)
