@@ -35,10 +35,11 @@ from jax.experimental import multihost_utils
 from research.data import citation_sbm as citation_sbm_lib  # noqa: F401  (registers the TFDS builder "citation_sbm")
 from research.data import scenes as scenes_lib  # noqa: F401  (registers the TFDS builder "shapes_scenes")
 from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
+from research.data import video as video_lib  # noqa: F401  (registers the TFDS builder "shapes_video")
 from research.data import shapes_render
 
 PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
-              "citation_sbm": citation_sbm_lib.CitationSBM}
+              "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 

@@ -20,6 +20,7 @@ from research.methods.glmnet_experiment import GLMNetConfig
 from research.methods.large_minibatch import LargeMinibatchConfig
 from research.methods.line_experiment import LineConfig
 from research.methods.super_convergence import SuperConvergenceConfig
+from research.methods.tcc_experiment import TCCConfig
 from research.methods.task2vec.experiment import Task2VecConfig
 from research.methods.task2vec.tasks import SuiteConfig
 from research.methods.wrn_blocks import WRNBlocksConfig
@@ -28,9 +29,10 @@ from research.train.detection import DetectionConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
-           DetectionConfig, ClassicalConfig, GCNConfig, LineConfig, GLMNetConfig]
+           DetectionConfig, ClassicalConfig, GCNConfig, LineConfig, GLMNetConfig,
+           TCCConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
-               "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet")
+               "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet", "tcc")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:
