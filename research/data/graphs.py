@@ -249,28 +249,16 @@ def load_node_graph(spec: str = CITATION_SBM, *, data_dir: str | None = None, se
 
 
 def _citation_builder(config: str, data_dir: str | None):
-  """The TFDS builder, generated on first use. With several JAX processes, process 0 builds while the others wait
-  at a barrier (``data_dir`` must be shared), as ``research.data.pipeline`` does for the other offline builders."""
-  import jax
-  from jax.experimental import multihost_utils
-
-  from research.data.pipeline import default_data_dir
+  """The TFDS builder, generated on first use (``research.data.pipeline.build_on_first_use``: with several JAX
+  processes, process 0 builds while the others wait at a barrier; ``data_dir`` must be shared)."""
+  from research.data import pipeline
   names = [c.name for c in citation_sbm.CitationSBM.BUILDER_CONFIGS]
   if config not in names:
     raise ValueError(f"spec='{CITATION_SBM}/{config}': unknown config {config!r}; use one of "
                      f"{[f'{CITATION_SBM}/{c}' for c in names]}.")
-  data_dir = data_dir or default_data_dir()
-  builder = citation_sbm.CitationSBM(config=config, data_dir=data_dir)
-  if jax.process_count() == 1:
-    if not builder.is_prepared():
-      builder.download_and_prepare(file_format="array_record")
-    return builder
-  if jax.process_index() == 0 and not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
-  multihost_utils.sync_global_devices(f"research.data.graphs: build citation_sbm/{config} in {data_dir}")
-  if jax.process_index() != 0:
-    builder = citation_sbm.CitationSBM(config=config, data_dir=data_dir)
-  return builder
+  data_dir = data_dir or pipeline.default_data_dir()
+  return pipeline.build_on_first_use(lambda: citation_sbm.CitationSBM(config=config, data_dir=data_dir),
+                                     f"{CITATION_SBM}/{config}", data_dir)
 
 
 def record_to_node_graph(record: dict[str, Any], name: str, **split) -> NodeGraph:

@@ -112,14 +112,36 @@ def _builder(name: str, data_dir: str | None):
   return builder
 
 
-def _procedural_builder(name: str, data_dir: str):
-  """Builds a procedural dataset on first use. With several JAX processes this is a collective: process 0
-  builds while the others wait at a barrier, then they open it (``data_dir`` must be shared by the processes)."""
-  builder = PROCEDURAL[name](data_dir=data_dir)
+def build_on_first_use(make_builder: Callable[[], Any], label: str, data_dir: str):
+  """``make_builder()`` (a TFDS builder), generated into ``data_dir`` as array_record if it is not there yet.
+
+  With several JAX processes this is a collective: process 0 builds while the others wait at a barrier, then they
+  open it (``data_dir`` must be shared by the processes). ``label`` names the dataset (and config) in messages.
+  Every offline builder (``shapes``, ``shapes_scenes``, ``citation_sbm``, ``shapes_video``) is opened through here.
+  """
+  builder = make_builder()
   if jax.process_count() == 1:
-    if not builder.is_prepared():
+    if not builder.is_prepared() and not _readable(builder):  # _readable: tfds.testing.mock_data records
       builder.download_and_prepare(file_format="array_record")
     return builder
+  # Every process reaches the barrier, prepared or not: a process that found the files ready and skipped it
+  # would leave the others waiting forever.
+  if jax.process_index() == 0 and not builder.is_prepared():
+    builder.download_and_prepare(file_format="array_record")
+  multihost_utils.sync_global_devices(f"research.data: build {label} in {data_dir}")
+  if jax.process_index() != 0:
+    builder = make_builder()  # re-read: process 0 has written it meanwhile
+    if not builder.is_prepared():
+      raise ValueError(
+          f"process {jax.process_index()} cannot see the {label!r} dataset that process 0 built in "
+          f"--data_dir={data_dir!r}: use a data_dir shared by all processes, or build it on every host first "
+          f"(one process per host).")
+  return builder
+
+
+def _procedural_builder(name: str, data_dir: str):
+  """The offline procedural dataset ``name`` (``PROCEDURAL``), built on first use (``build_on_first_use``)."""
+  return build_on_first_use(lambda: PROCEDURAL[name](data_dir=data_dir), name, data_dir)
   # Every process reaches the barrier, prepared or not: a process that found the files ready and skipped it
   # would leave the others waiting forever.
   if jax.process_index() == 0 and not builder.is_prepared():

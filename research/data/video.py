@@ -36,7 +36,6 @@ import dataclasses
 import os
 from typing import Any, Mapping, Sequence
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -176,21 +175,8 @@ def builder(config: str = "default", data_dir: str | None = None) -> ShapesVideo
     raise ValueError(f"shapes_video config={config!r}; choose one of {sorted(CONFIGS)}")
   from research.data import pipeline  # the default data_dir; a late import keeps this module light
   data_dir = data_dir or pipeline.default_data_dir()
-  b = ShapesVideo(config=config, data_dir=data_dir)
-  if jax.process_count() == 1:
-    if not b.is_prepared() and not pipeline._readable(b):  # noqa: SLF001  (_readable: tfds.testing.mock_data)
-      b.download_and_prepare(file_format="array_record")
-    return b
-  # Every process reaches the barrier, prepared or not (one that skipped it would leave the others waiting).
-  from jax.experimental import multihost_utils
-  if jax.process_index() == 0 and not b.is_prepared():
-    b.download_and_prepare(file_format="array_record")
-  multihost_utils.sync_global_devices(f"research.data.video: build {config} in {data_dir}")
-  b = ShapesVideo(config=config, data_dir=data_dir)
-  if not b.is_prepared():
-    raise ValueError(f"process {jax.process_index()} cannot see shapes_video/{config} built by process 0 in "
-                     f"data_dir={data_dir!r}: use a data_dir shared by all processes")
-  return b
+  return pipeline.build_on_first_use(lambda: ShapesVideo(config=config, data_dir=data_dir), f"shapes_video/{config}",
+                                     data_dir)
 
 
 def get_source(split: str, data_dir: str | None = None, config: str = "default"):
