@@ -1,4 +1,6 @@
-"""Semi-supervised node classification on one graph (Kipf & Welling 2017, §3-§5) as a ``Task`` of the one loop.
+"""Graph tasks of the one loop: semi-supervised node classification on one graph (Kipf & Welling 2017, §3-§5;
+``NodeClassificationTask``, the full-graph mode) and classification of many small graphs (``GraphClassificationTask``
+with ``SmallGraphBatches``, the batched mode: each batch row packs several padded graphs, see the end of the file).
 
 Transductive, full-graph training: every step sees the whole graph, and the loss is the cross-entropy over the
 labelled training nodes only (eq. 9). Data parallelism splits the LABELLED NODES, not the graph: the global batch has
@@ -216,3 +218,128 @@ class NodeClassificationTask(task_lib.Task):
         out[f"{name}_accuracy"] = float(sums[f"{name}_correct"]) / n
         out[f"{name}_loss"] = float(sums[f"{name}_loss"]) / n
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Batched mode: many small graphs per row, one label per graph
+
+
+def _row_of_graphs(graphs, labels, *, graphs_per_row: int, pad_nodes: int, pad_edges: int,
+                   num_features: int) -> dict[str, np.ndarray]:
+  """One batch row: ``batch_graphs`` of up to ``graphs_per_row`` graphs (``(nodes, senders, receivers)``) + labels."""
+  empty = len(graphs) == 0  # the last eval batch can leave rows without graphs: one masked-out placeholder
+  if empty:
+    graphs = [(np.zeros((1, num_features), np.float32), np.zeros(0, np.int32), np.zeros(0, np.int32))]
+  g = graph_ops.batch_graphs(graphs, pad_nodes=pad_nodes, pad_edges=pad_edges, pad_graphs=graphs_per_row)
+  if empty:
+    g = g.replace(graph_mask=np.zeros_like(g.graph_mask), node_mask=np.zeros_like(g.node_mask),
+                  n_node=np.zeros_like(g.n_node))
+  y = np.zeros((graphs_per_row,), np.int32)
+  y[:len(labels)] = labels
+  return {"nodes": np.asarray(g.nodes, np.float32), "senders": g.senders, "receivers": g.receivers,
+          "edge_weight": np.asarray(g.edge_weight, np.float32), "node_mask": g.node_mask, "edge_mask": g.edge_mask,
+          "node_graph": g.node_graph, "n_node": g.n_node, "n_edge": g.n_edge, "graph_mask": g.graph_mask,
+          "graph_label": y}
+
+
+class SmallGraphBatches:
+  """Seeded batches of small graphs for graph classification: at step ``t`` row ``r`` packs ``graphs_per_row``
+  graphs drawn with ``np.random.default_rng([seed, t])`` (with replacement), padded to ``pad_nodes``/``pad_edges``
+  (static, so the step compiles once). This process gets its rows of the global batch; ``get_state``/``set_state``
+  make resumption exact. ``eval_batches()`` is one ordered pass over all graphs (padding graphs masked out).
+
+  graphs: list of ``(nodes [n_i, F], senders [e_i], receivers [e_i])``; labels: [num_graphs] int.
+  """
+
+  def __init__(self, graphs, labels, *, graphs_per_row: int, num_rows: int, seed: int,
+               pad_nodes: int | None = None, pad_edges: int | None = None):
+    if len(graphs) != len(labels) or not graphs:
+      raise ValueError(f"graphs ({len(graphs)}) and labels ({len(labels)}) must be non-empty and of equal length")
+    if num_rows % jax.process_count():
+      raise ValueError(f"num_rows={num_rows} must be divisible by the {jax.process_count()} processes")
+    self.graphs, self.labels = list(graphs), np.asarray(labels, np.int32)
+    largest_n = sorted(np.shape(g[0])[0] for g in graphs)[-graphs_per_row:]
+    largest_e = sorted(np.shape(g[1])[0] for g in graphs)[-graphs_per_row:]
+    self.pad_nodes = int(sum(largest_n)) + 1 if pad_nodes is None else pad_nodes
+    self.pad_edges = int(sum(largest_e)) if pad_edges is None else pad_edges
+    self.graphs_per_row, self.num_rows, self.seed, self._step = graphs_per_row, num_rows, seed, 0
+
+  def _rows(self, index_rows) -> dict[str, np.ndarray]:
+    rows = [_row_of_graphs([self.graphs[i] for i in idx], self.labels[idx], graphs_per_row=self.graphs_per_row,
+                           pad_nodes=self.pad_nodes, pad_edges=self.pad_edges,
+                           num_features=np.shape(self.graphs[0][0])[1]) for idx in index_rows]
+    batch = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    local = self.num_rows // jax.process_count()
+    p = jax.process_index()
+    return {k: v[p * local:(p + 1) * local] for k, v in batch.items()}
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, self._step])
+    idx = rng.integers(0, len(self.graphs), (self.num_rows, self.graphs_per_row))
+    self._step += 1
+    return self._rows(idx)
+
+  def eval_batches(self):
+    order = np.arange(len(self.graphs))
+    per_batch = self.num_rows * self.graphs_per_row
+    for start in range(0, len(order), per_batch):
+      chunk = order[start:start + per_batch]
+      yield self._rows([chunk[r * self.graphs_per_row:(r + 1) * self.graphs_per_row] for r in range(self.num_rows)])
+
+  def get_state(self) -> bytes:
+    return json.dumps({"step": self._step, "seed": self.seed}).encode()
+
+  def set_state(self, state: bytes) -> None:
+    s = json.loads(state)
+    if s.get("seed") != self.seed:
+      raise ValueError(f"data state {s} was saved with seed {s.get('seed')}, this run has seed {self.seed}")
+    self._step = int(s["step"])
+
+
+def _graphs_of(row: Mapping[str, jax.Array]) -> graph_ops.GraphBatch:
+  return graph_ops.GraphBatch(**{k: row[k] for k in ("nodes", "senders", "receivers", "edge_weight", "node_mask",
+                                                      "edge_mask", "node_graph", "n_node", "n_edge", "graph_mask")})
+
+
+@dataclasses.dataclass(eq=False)
+class GraphClassificationTask(task_lib.Task):
+  """Cross-entropy over the real graphs of each row (``graph_mask``); Adam. ``model(g, *, train) -> [G, C]``."""
+  model: nn.Module
+  learning_rate: float = 0.01
+
+  def init(self, rng, batch):
+    row = jax.tree.map(lambda s: jnp.zeros(s.shape[1:], s.dtype), dict(batch))
+    return self.model.init({"params": rng, "dropout": rng}, _graphs_of(row), train=False)["params"], {}
+
+  def optimizer(self):
+    return optax.adam(self.learning_rate)
+
+  def _logits(self, params, batch, rng, train):
+    keys = jax.random.split(rng, batch["nodes"].shape[0]) if train else None
+
+    def one(row, key):
+      rngs = {"dropout": key} if train else {}
+      return self.model.apply({"params": params}, _graphs_of(row), train=train, rngs=rngs)
+    return jax.vmap(one)(batch, keys) if train else jax.vmap(lambda row: one(row, None))(batch)
+
+  def loss(self, params, model_state, batch, rng, *, train):
+    logits = self._logits(params, batch, rng, train)  # [R, G, C]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["graph_label"])
+    mask = batch["graph_mask"].astype(jnp.float32)
+    correct = jnp.sum((jnp.argmax(logits, -1) == batch["graph_label"]) * mask)
+    count = jnp.sum(mask)
+    return (jnp.sum(ce * mask), count), (model_state, {"train_accuracy": correct / jnp.maximum(count, 1.0)})
+
+  def eval_step(self, state, batch):
+    logits = self._logits(state.params, batch, None, False)
+    mask = batch["graph_mask"].astype(jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["graph_label"])
+    return {"correct": jnp.sum((jnp.argmax(logits, -1) == batch["graph_label"]) * mask),
+            "loss": jnp.sum(ce * mask), "count": jnp.sum(mask)}, {}
+
+  def eval_metrics(self, sums, gathered):
+    n = max(float(sums["count"]), 1.0)
+    return {"accuracy": float(sums["correct"]) / n, "loss": float(sums["loss"]) / n, "count": float(sums["count"])}

@@ -156,15 +156,42 @@ class ChebNetPool(nn.Module):
     x = x.reshape(x.shape[0], -1)
     for j, h in enumerate(self.fc):
       x = nn.relu(nn.Dense(int(h), name=f"fc{j}", **kw)(x))
-      if isinstance(x, gops.SparseFeatures):
-        if train and self.dropout > 0:
-          x = gops.sparse_dropout(self.make_rng("dropout"), x, self.dropout)
-      else:
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return nn.Dense(self.num_classes, name="logits", **kw)(x).astype(jnp.float32)
+
+
+class GraphClassifier(nn.Module):
+  """Whole-graph classification on a batch of small graphs (the batched mode of ``GraphBatch``): ``num_layers`` GCN
+  (or ChebNet) layers with ReLU, a per-graph ``readout`` (``mean``/``sum``/``max`` over real nodes,
+  ``research.ops.graph.graph_readout``), dropout and a linear classifier. ``__call__(g, *, train) -> [G, C]``
+  (float32; rows of padding graphs are not meaningful)."""
+  num_classes: int
+  conv: str = "gcn"
+  hidden: int = 32
+  num_layers: int = 2
+  K: int = 2
+  readout: str = "mean"
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, g: gops.GraphBatch, *, train: bool) -> jax.Array:
+    if self.conv not in ("gcn", "cheb"):
+      raise ValueError(f"GraphClassifier: conv={self.conv!r}; choose 'gcn' or 'cheb'")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = jnp.asarray(g.nodes, self.dtype)
+    for i in range(self.num_layers):
+      conv = (GCNConv(self.hidden, name=f"layer{i}", **kw) if self.conv == "gcn"
+              else ChebConv(self.hidden, self.K, name=f"layer{i}", **kw))
+      x = nn.relu(conv(g, x))
+    x = gops.graph_readout(g, x, self.readout)  # [G, hidden]
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return nn.Dense(self.num_classes, name="logits", **kw)(x).astype(jnp.float32)
 
 
 register("gcn", family="graph")(lambda num_classes=7, **kw: NodeClassifier(num_classes, conv="gcn", **kw))
+register("gcn_graph_classifier", family="graph")(lambda num_classes=2, **kw: GraphClassifier(num_classes, **kw))
 register("chebnet", family="graph")(lambda num_classes=7, **kw: NodeClassifier(num_classes, conv="cheb", **kw))
 register("graph_mlp", family="graph")(lambda num_classes=7, **kw: NodeClassifier(num_classes, conv="mlp", **kw))
 
