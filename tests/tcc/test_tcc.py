@@ -347,12 +347,12 @@ def test_preprocess_subtracts_the_static_background():
 
 
 def test_smoke_settings_train_tcc_and_the_baseline_through_the_loop(tmp_path, video_data_dir):
-  """The default suite's TCC smoke (in-process, the smoke flagfile's sizes, one variant): both tasks train on the
+  """The default suite's TCC smoke (in-process, the smoke sizes on 4 devices, one variant): both tasks train on the
   one loop, every metric is finite, results.json and summary.json are written (the full CLI run is -m slow)."""
   from research.methods import tcc_experiment
   cfg = tcc_experiment.TCCConfig(
       data_dir=video_data_dir, dataset_config="small", action="pour", variants=("regression",),
-      baseline="supervised", seeds=(0,), num_steps=2, batch_size=4, num_sampled_frames=8, encoder_widths=(8, 16),
+      baseline="supervised", seeds=(0,), num_steps=2, batch_size=8, num_sampled_frames=8, encoder_widths=(8, 16),
       conv3d_widths=(8,), embedding_dim=8, num_eval_train=4, fewshot_videos=(1,), fewshot_repeats=1,
       labeled_videos=1, eval_batch_size=4)
   summary = tcc_experiment.run(cfg, str(tmp_path))
