@@ -36,7 +36,8 @@ from research.train import task as task_lib
 @dataclasses.dataclass(frozen=True)
 class GLMNetConfig:
   """Ablation grid, model, optimisation and data difficulty; each field is one flag of ``experiments.glmnet``."""
-  graphs: tuple[str, ...] = setting(("learned", "knn", "delaunay"), "Graph constructions; the first is the base.",
+  graphs: tuple[str, ...] = setting(("learned", "knn", "delaunay"),
+                                    "Graph constructions (none: no edges, a control); the first is the base.",
                                     choices=glmnet.GRAPHS)
   convs: tuple[str, ...] = setting(("sharpen", "smooth"), "Graph convolutions; the first is the base.",
                                    choices=glmnet.CONVS)
@@ -115,7 +116,7 @@ class GLMNetConfig:
         n_inliers=self.n_inliers, max_outliers=self.max_outliers, feature_dim=self.feature_dim,
         feature_noise=self.feature_noise, position_noise=self.position_noise, rotation=self.rotation,
         affine=self.affine, perspective=self.perspective, use_coords=self.use_coords,
-        graph="none" if graph == "learned" else graph, knn_k=self.knn_k)
+        graph=graph if graph in ("knn", "delaunay") else "none", knn_k=self.knn_k)
 
 
 def variant_name(graph: str, conv: str, weight: float) -> str:
@@ -188,6 +189,7 @@ def _claims(cfg: GLMNetConfig, rows: list[dict[str, Any]]) -> list[dict[str, Any
   by = {(r["graph"], r["conv"], r["constraint_weight"]): r for r in rows}
   g0, c0, w0 = cfg.graphs[0], cfg.convs[0], cfg.constraint_weights[0]
   pairs = [(f"learned graph beats {g}", ("learned", c0, w0), (g, c0, w0)) for g in ("knn", "delaunay")]
+  pairs += [("learned graph beats no graph (control)", ("learned", c0, w0), ("none", c0, w0))]
   pairs += [("sharpening beats smoothing", (g0, "sharpen", w0), (g0, "smooth", w0))]
   pairs += [(f"constraint loss (weight {w:g}) beats none", (g0, c0, w), (g0, c0, 0.0))
             for w in cfg.constraint_weights if w > 0]

@@ -18,7 +18,7 @@ Three parts (the paper's three contributions, §3-§4), written from its descrip
    normalisation to a doubly-stochastic matrix in the log domain, a fixed number of iterations, masked for padding
    (``log_sinkhorn`` / ``Sinkhorn``).
 
-``GLMNet(num_layers, hidden, graph='learned'|'knn'|'delaunay', conv='sharpen'|'smooth')(batch, train=...)`` returns
+``GLMNet(num_layers, hidden, graph='learned'|'knn'|'delaunay'|'none', conv='sharpen'|'smooth')(batch, train=...)`` returns
 ``log S`` [B, n1, n2], ``S`` doubly stochastic on the valid block (exactly: rows sum to ``min(1, n2/n1)`` and columns
 to ``min(1, n1/n2)``, i.e. 1 for equal sizes; padded entries are ``NEG``). The learned (or given) adjacencies are
 sown into the ``intermediates`` collection (``adj1``, ``adj2``). The losses (permutation cross-entropy, the
@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 NEG = -1e9  # log-value of masked entries (finite: no inf - inf in gradients)
-GRAPHS = ("learned", "knn", "delaunay")
+GRAPHS = ("learned", "knn", "delaunay", "none")  # none: no edges (control: the convolutions become linear maps)
 CONVS = ("sharpen", "smooth")
 GRAPH_LEARNING = ("concat", "absdiff")
 
@@ -192,11 +192,11 @@ class GLMNet(nn.Module):
       raise ValueError(f"GLMNet.conv={self.conv!r}; choose one of {CONVS}")
     if self.num_layers < 1 or self.hidden < 1:
       raise ValueError(f"GLMNet needs num_layers >= 1 and hidden >= 1, got {self.num_layers}, {self.hidden}")
-    missing = [k for k in ("x1", "x2", "mask1", "mask2") + (() if self.graph == "learned" else ("adj1", "adj2"))
-               if k not in batch]
+    fixed = self.graph in ("knn", "delaunay")
+    missing = [k for k in ("x1", "x2", "mask1", "mask2") + (("adj1", "adj2") if fixed else ()) if k not in batch]
     if missing:
       raise ValueError(f"GLMNet(graph={self.graph!r}): batch lacks {missing} (has {sorted(batch)}); build it with "
-                       f"research.data.keypoint_pairs (graph='{'none' if self.graph == 'learned' else self.graph}')")
+                       f"research.data.keypoint_pairs (graph='{self.graph if fixed else 'none'}')")
     x1, x2 = batch["x1"].astype(jnp.float32), batch["x2"].astype(jnp.float32)
     m1, m2 = batch["mask1"].astype(jnp.float32), batch["mask2"].astype(jnp.float32)
     if x1.ndim != 3 or x2.ndim != 3 or x1.shape[-1] != x2.shape[-1] or m1.shape != x1.shape[:2] \
@@ -206,6 +206,9 @@ class GLMNet(nn.Module):
     if self.graph == "learned":
       learner = GraphLearning(self.graph_features, self.graph_learning, name="graph_learning")
       a1, a2 = learner(x1, m1), learner(x2, m2)
+    elif self.graph == "none":
+      a1 = jnp.zeros(x1.shape[:2] + x1.shape[1:2], jnp.float32)
+      a2 = jnp.zeros(x2.shape[:2] + x2.shape[1:2], jnp.float32)
     else:
       a1, a2 = batch["adj1"].astype(jnp.float32), batch["adj2"].astype(jnp.float32)
     self.sow("intermediates", "adj1", a1)
