@@ -207,7 +207,20 @@ def _frames_shape(batch) -> tuple[int, ...]:
 
 @dataclasses.dataclass(eq=False)
 class _EmbeddingEval:
-  """Shared eval of per-frame embeddings (mixin of both tasks)."""
+  """What both tasks share: the network, its optimiser settings, and the eval of per-frame embeddings."""
+  learning_rate: float = 1e-3
+  weight_decay: float = 1e-5
+  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  num_phases: int = 4
+  fewshot_videos: Sequence[int] = (1,)
+  fewshot_repeats: int = 3
+  subtract_background: bool = True
+
+  def __post_init__(self):
+    self.net = TCCNet(**dict(self.model_kwargs))
+
+  def embed(self, params, frames, steps=None):
+    return self.net.apply({"params": params["net"]}, preprocess(frames, self.subtract_background), steps=steps)
 
   def eval_step(self, state, batch):
     emb = self.embed(state.params, batch["frames"])
@@ -235,23 +248,13 @@ class TCCTask(_EmbeddingEval, task_lib.Task):
   variant: str = "regression"
   temperature: float = 0.1
   lam: float = 0.001
-  learning_rate: float = 1e-3
-  weight_decay: float = 1e-5
-  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  num_phases: int = 4
-  fewshot_videos: Sequence[int] = (1,)
-  fewshot_repeats: int = 3
-  subtract_background: bool = True
 
   def __post_init__(self):
     if self.variant not in tcc_ops.VARIANTS:
       raise ValueError(f"--variant={self.variant!r}; choose one of {tcc_ops.VARIANTS}")
     if self.temperature <= 0:
       raise ValueError(f"--temperature must be positive, got {self.temperature}")
-    self.net = TCCNet(**dict(self.model_kwargs))
-
-  def embed(self, params, frames, steps=None):
-    return self.net.apply({"params": params["net"]}, preprocess(frames, self.subtract_background), steps=steps)
+    super().__post_init__()
 
   def init(self, rng, batch):
     shape = _frames_shape(batch)
@@ -275,19 +278,6 @@ class SupervisedPhaseTask(_EmbeddingEval, task_lib.Task):
   """The supervised baseline: :class:`TCCNet` + a linear head, per-frame phase cross-entropy on the labelled
   videos' sampled frames (``labels`` of :class:`FrameSampler`). Eval adds ``head_accuracy`` (the head's phase
   accuracy on validation frames) to the embedding metrics."""
-  learning_rate: float = 1e-3
-  weight_decay: float = 1e-5
-  model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  num_phases: int = 4
-  fewshot_videos: Sequence[int] = (1,)
-  fewshot_repeats: int = 3
-  subtract_background: bool = True
-
-  def __post_init__(self):
-    self.net = TCCNet(**dict(self.model_kwargs))
-
-  def embed(self, params, frames, steps=None):
-    return self.net.apply({"params": params["net"]}, preprocess(frames, self.subtract_background), steps=steps)
 
   def logits(self, params, emb):
     return emb @ params["head"]["w"] + params["head"]["b"]
