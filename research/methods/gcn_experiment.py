@@ -1,10 +1,10 @@
-"""Kipf & Welling (2017) §5-§6 comparison: renormalised GCN vs ChebNet (K = 2, 3) vs MLP on one graph.
+"""Kipf & Welling (2017) §5-§6 comparison: renormalised GCN vs ChebNet (any K) vs MLP on one graph.
 
 ``run(GCNConfig, workdir)`` trains every (model, seed) of the grid through the one training loop
 (``research.train.graph.NodeClassificationTask``), each in ``workdir/<model>/seed<k>/`` (``results.json`` holds
 ``test_accuracy``; a finished run is reused, an interrupted one resumes from its checkpoint), then writes
-``summary.json`` / ``summary.md``: mean ± sd test accuracy over the seeds, the parameter count and the training time
-per epoch (median step time after compilation, from the loop's ``steps_per_second`` at the end of the run).
+``summary.json`` / ``summary.md``: mean ± sd test accuracy over the seeds, the parameter count and the wall time per
+epoch of the loop including compilation (median over seeds; ``benchmarks/gcn.py`` times epochs without it).
 The paper's setting (§5.1, the defaults): 2 layers, 16 hidden units, dropout 0.5, Adam 0.01, L2 5e-4 on the
 first layer, 200 epochs, 20 labels per class, 500 validation and 1000 test nodes.
 """
