@@ -105,6 +105,23 @@ def print_summary(results: dict, workdir: str) -> None:
   print(f"results: {workdir}/results.json")
 
 
+def run_summary_experiment(argv, build_config: Callable[[], Any], experiment_flags: type,
+                           run: Callable[[Any, str], dict]) -> None:
+  """The ``main`` of an experiment whose library driver is ``run(config, workdir) -> summary``: reject stray
+  arguments, ``setup()``, ``build_config()`` (the module's config from the flags) and ``run`` under
+  ``clean_errors()`` (one ``error:`` line for bad input), then print ``workdir/summary.md``.
+  ``experiment_flags`` is the module's dataclass holding ``workdir``."""
+  from absl import app
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  setup()
+  with clean_errors():
+    config = build_config()
+    workdir = config_from_flags(experiment_flags).workdir
+    summary = run(config, workdir)
+  print_markdown_summary(workdir, summary)
+
+
 def print_markdown_summary(workdir: str, summary: dict, extra: str = "") -> None:
   """Prints ``workdir/summary.md`` and a results line with the wall time (process 0 only in multi-process runs)."""
   if _is_multiprocess():

@@ -45,15 +45,10 @@ def config_from_flags(flag_values: flags.FlagValues = FLAGS) -> TCCConfig:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  common.setup()
-  from research.methods import tcc_experiment
-  with common.clean_errors():
-    config = config_from_flags()
-    workdir = common.config_from_flags(ExperimentFlags).workdir
-    summary = tcc_experiment.run(config, workdir)
-  common.print_markdown_summary(workdir, summary)
+  def run(config, workdir):  # imported after common.setup() (jax.distributed starts first)
+    from research.methods import tcc_experiment
+    return tcc_experiment.run(config, workdir)
+  common.run_summary_experiment(argv, config_from_flags, ExperimentFlags, run)
 
 
 if __name__ == "__main__":
