@@ -16,5 +16,6 @@ from research.models import inception as _inception  # noqa: F401,E402
 from research.models import resnet as _resnet  # noqa: F401,E402
 from research.models import detection as _detection  # noqa: F401,E402  (family "detection")
 from research.models import graph as _graph  # noqa: F401,E402  (family "graph")
+from research.models import segmentation as _segmentation  # noqa: F401,E402  (families "segmentation", "dense")
 
 __all__ = ["create", "names", "register", "register_pattern"]

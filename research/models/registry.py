@@ -16,7 +16,8 @@ Factory = Callable[..., nn.Module]
 
 _EXACT: dict[str, Factory] = {}
 _FAMILY: dict[str, str] = {}
-FAMILIES = ("classification", "detection", "segmentation", "pose", "generative", "sequence", "graph")
+# "dense": dense predictors other than semantic segmentation (SegFlow, one-shot segmentation, depth super-resolution)
+FAMILIES = ("classification", "detection", "segmentation", "dense", "pose", "generative", "sequence", "graph")
 _PATTERNS: list[tuple[re.Pattern[str], Callable[..., nn.Module], str]] = []
 
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("constant", "cosine", "step", "onecycle", "linear")
+SCHEDULES = ("constant", "cosine", "step", "onecycle", "linear", "poly")
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
 
@@ -21,6 +21,7 @@ def make_schedule(name: str, learning_rate: float, num_steps: int, *, warmup_ste
 
   ``step``: multiply by ``step_factor`` at each fraction of ``num_steps`` in ``step_boundaries``.
   ``onecycle``: Smith & Topin's one-cycle policy (super-convergence), peak ``learning_rate``.
+  ``poly``: ``lr * (1 - t/T)^0.9`` (the "poly" policy of DeepLab and PSPNet, Zhao et al. 2017 §4.1).
   """
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
@@ -39,6 +40,8 @@ def make_schedule(name: str, learning_rate: float, num_steps: int, *, warmup_ste
     main = optax.cosine_decay_schedule(learning_rate, max(decay_steps, 1), alpha=final_fraction)
   elif name == "linear":
     main = optax.linear_schedule(learning_rate, learning_rate * final_fraction, max(decay_steps, 1))
+  elif name == "poly":
+    main = optax.polynomial_schedule(learning_rate, learning_rate * final_fraction, 0.9, max(decay_steps, 1))
   else:  # step
     bounds = {int(round(f * num_steps)) - warmup_steps: step_factor for f in step_boundaries}
     main = optax.piecewise_constant_schedule(learning_rate, {b: v for b, v in bounds.items() if b > 0})

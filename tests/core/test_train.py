@@ -128,6 +128,8 @@ def test_schedules(name):
     assert abs(values[60] - 0.04) < 1e-6 and abs(values[80] - 0.004) < 1e-7
   if name == "cosine":
     assert values[100] < 1e-6
+  if name == "poly":  # lr (1 - t/T)^0.9 after the warmup (T = 90 decay steps)
+    np.testing.assert_allclose(values[10:], 0.4 * (1 - np.arange(91) / 90) ** 0.9, rtol=1e-5, atol=1e-7)
 
 
 def _onecycle_closed_form(t, num_steps, peak, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
