@@ -4,7 +4,8 @@ Stride sits on the 3x3 conv of the bottleneck ("v1.5", as in torchvision); param
 ResNet-50 with 1000 classes has 25,557,032 parameters.
 
 Also here: ResNeXt (``groups``/``base_width``), SE-ResNet(X)t (``se_reduction``), DRN-A (``stage_dilations``;
-dilated stages keep output stride 8, so their ``C{k}`` key is ``C3``), maxout head (``maxout_pieces``).
+dilated stages keep output stride 8, so their ``C{k}`` key is ``C3``), DeepLabV3 multi-grid on the last stage
+(``multi_grid``), maxout head (``maxout_pieces``).
 
 Backbone API (shared by every backbone in ``research.models``):
   * ``__call__(x, *, train)`` -> logits ``[B, num_classes]`` (float32).
@@ -126,9 +127,15 @@ class ResNet(nn.Module):
   maxout_pieces: int = 0
   deform_stages: Sequence[int] = ()  # stages (1-4) whose blocks use deformable 3x3 convs
   deformable: int = 2  # DCN version in those stages: 1 (Dai et al. 2017) or 2 (modulated, Zhu et al. 2019)
+  # DeepLabV3 multi-grid (Chen et al. 2017, §3.2): block j of the LAST stage gets dilation
+  # stage_dilation * multi_grid[j % len(multi_grid)]; (1,) leaves the network unchanged.
+  multi_grid: Sequence[int] = (1,)
 
   @nn.compact
   def __call__(self, x, *, train: bool):
+    if not self.multi_grid or any(int(r) != r or r < 1 for r in self.multi_grid):
+      raise ValueError(f"multi_grid={tuple(self.multi_grid)!r} must be a non-empty sequence of positive integers, "
+                       f"e.g. (1, 2, 4) (DeepLabV3) or (1,) for none")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     feats: dict[str, jnp.ndarray] = {}
     stride = 4
@@ -145,9 +152,10 @@ class ResNet(nn.Module):
       if stage < self.start_stage:
         continue
       for j in range(n_blocks):
+        rate = dil * int(self.multi_grid[j % len(self.multi_grid)]) if stage == len(self.stage_sizes) else dil
         x = self.block_cls(self.width * 2**i, strides=step if j == 0 else 1, groups=self.groups,
                            base_width=self.base_width, bn_axis_name=self.bn_axis_name,
-                           zero_init_last_bn=self.zero_init_last_bn, dilation=dil, se_reduction=self.se_reduction,
+                           zero_init_last_bn=self.zero_init_last_bn, dilation=rate, se_reduction=self.se_reduction,
                            deformable=self.deformable if stage in self.deform_stages else 0,
                            name=f"stage{stage}_block{j}", **kw)(x, train=train)
       feats[f"stage{stage}"] = x

@@ -282,6 +282,8 @@ def validate(cfg: SegmentationConfig) -> None:
   for name in ("num_steps", "batch_size", "crf_iters", "crf_iters_eval", "backbone_width"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
+  if not 0 <= cfg.warmup_steps < cfg.num_steps:
+    raise ValueError(f"--warmup_steps={cfg.warmup_steps} must be in [0, --num_steps={cfg.num_steps})")
   if not 0 < cfg.min_scale <= cfg.max_scale:
     raise ValueError(f"--min_scale={cfg.min_scale} and --max_scale={cfg.max_scale} need 0 < min_scale <= max_scale")
   if cfg.batch_size % jax.device_count():
@@ -294,9 +296,8 @@ def validate(cfg: SegmentationConfig) -> None:
 
 def crf_params(cfg: SegmentationConfig):
   from research.ops import crf as crf_ops
-  return crf_ops.DenseCRFParams(w_appearance=cfg.crf_w_appearance, theta_alpha=cfg.crf_theta_alpha,
-                                theta_beta=cfg.crf_theta_beta, w_smoothness=cfg.crf_w_smoothness,
-                                theta_gamma=cfg.crf_theta_gamma)
+  return crf_ops.DenseCRFParams(w1=cfg.crf_w_appearance, theta_alpha=cfg.crf_theta_alpha,
+                                theta_beta=cfg.crf_theta_beta, w2=cfg.crf_w_smoothness, theta_gamma=cfg.crf_theta_gamma)
 
 
 def make_model(cfg: SegmentationConfig, num_classes: int) -> nn.Module:
@@ -315,18 +316,18 @@ def make_model(cfg: SegmentationConfig, num_classes: int) -> nn.Module:
   p = crf_params(cfg)
   return SegmenterWithCRF(segmenter=net, num_classes=num_classes, num_iters=cfg.crf_iters,
                           num_iters_eval=cfg.crf_iters_eval, theta_alpha=p.theta_alpha, theta_beta=p.theta_beta,
-                          theta_gamma=p.theta_gamma, w_appearance=p.w_appearance, w_smoothness=p.w_smoothness,
+                          theta_gamma=p.theta_gamma, w_appearance=p.w1, w_smoothness=p.w2,
                           method=cfg.crf_method, mean=MEAN, std=STD)
 
 
 def make_dense_crf(cfg: SegmentationConfig):
-  """``(logits [H,W,C], image [H,W,3] 0..255) -> log marginals [H,W,C]`` of the fully connected CRF (``--crf=dense``)."""
+  """``(logits [H,W,C], image [H,W,3] 0..255) -> [H,W,C]`` pre-softmax of the last mean-field iteration of the fully
+  connected CRF with fixed (validated, not learned) parameters (``--crf=dense``; its argmax is the CRF's labelling)."""
   from research.ops import crf as crf_ops
   params = crf_params(cfg)
 
   def refine(logits, image):
-    q = crf_ops.mean_field(logits, image, num_iters=cfg.crf_iters, params=params, method=cfg.crf_method)
-    return jnp.log(jnp.maximum(q, 1e-20))
+    return crf_ops.mean_field_logits(logits, image, num_iters=cfg.crf_iters, params=params, method=cfg.crf_method)
   return refine
 
 
