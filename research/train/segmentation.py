@@ -60,6 +60,8 @@ class SegmentationConfig:
   aux_head: bool = setting(True, "Use the model's auxiliary head (PSPNet's deep supervision).")
   boundary_refinement: bool = setting(True, "gcn_seg: Boundary Refinement blocks (Peng et al. 2017 §3.2).")
   large_kernel: bool = setting(True, "gcn_seg: k x 1 + 1 x k large-kernel modules (False: 3x3 convs, the ablation).")
+  aspp_rates: tuple[int, ...] = setting((6, 12, 18), "deeplabv3: ASPP atrous rates at output stride 16 (doubled at "
+                                       "8); the paper's 6/12/18 are for 33x33 maps: scale them with the feature map.")
   kernel_size: int = setting(15, "gcn_seg: the large kernel k (Peng et al.: 15; clipped to the feature map size).")
   crf: str = setting("none", "dense: fully connected CRF on the unary at eval; crf_rnn: CRF-as-RNN trained end to end.",
                      choices=CRFS)
@@ -309,6 +311,8 @@ def make_model(cfg: SegmentationConfig, num_classes: int) -> nn.Module:
     kw.update(boundary_refinement=cfg.boundary_refinement, large_kernel=cfg.large_kernel, kernel_size=cfg.kernel_size)
   if cfg.model == "pspnet":
     kw["aux_head"] = cfg.aux_head
+  if cfg.model == "deeplabv3":
+    kw["atrous_rates"] = tuple(cfg.aspp_rates)
   net = models.create(cfg.model, num_classes=num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride, **kw)
   if cfg.crf != "crf_rnn":
     return net
