@@ -55,7 +55,7 @@ class SegmentationConfig:
   model: str = setting("pspnet", "Segmentation network (research.models.names('segmentation')).")
   backbone: str = setting("resnet18", "features_only backbone (resnet18/34/50, drn_a_50, drn_c_26).")
   backbone_width: int = setting(16, "Width of the ResNet backbone's first stage (64 = the published ResNets).")
-  output_stride: int = setting(8, "Output stride of the dilated backbone (8 or 16; gcn_seg uses 32).", choices=(8, 16, 32))
+  output_stride: int = setting(8, "Output stride of the dilated backbone: 8 or 16 (32 for gcn_seg).")
   aux_weight: float = setting(0.4, "Weight of the auxiliary loss (PSPNet §3.4: 0.4) when the model has an aux head.")
   aux_head: bool = setting(True, "Use the model's auxiliary head (PSPNet's deep supervision).")
   boundary_refinement: bool = setting(True, "gcn_seg: Boundary Refinement blocks (Peng et al. 2017 §3.2).")
@@ -462,8 +462,8 @@ def sweep(base: SegmentationConfig, workdir: str, conditions: Mapping[str, Mappi
     raise ValueError("--seeds must name at least one seed")
   t0 = time.time()
   rows: dict[str, list[dict[str, float]]] = {}
-  for name in conditions:
-    for seed in seeds:
+  for seed in seeds:  # seeds outermost: an interrupted sweep has every condition of the first seeds
+    for name in conditions:
       cfg = dataclasses.replace(base, seed=seed, **conditions[name])
       r = train_and_evaluate(cfg, os.path.join(workdir, f"{name}_seed{seed}"))
       for prefix, row in (("", name), ("unary/", f"{name} (unary)"), ("crf/", f"{name} (+dense CRF)")):

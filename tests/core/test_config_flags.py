@@ -15,10 +15,13 @@ from absl import flags
 from experiments import common
 from research.configs import help_of, setting
 from research.methods.classical.experiment import ClassicalConfig
+from research.methods.depth_sr_experiment import DepthSRConfig
 from research.methods.gcn_experiment import GCNConfig
 from research.methods.glmnet_experiment import GLMNetConfig
 from research.methods.large_minibatch import LargeMinibatchConfig
 from research.methods.line_experiment import LineConfig
+from research.methods.one_shot_experiment import OneShotConfig
+from research.methods.segflow_experiment import SegFlowConfig
 from research.methods.super_convergence import SuperConvergenceConfig
 from research.methods.tcc_experiment import TCCConfig
 from research.methods.task2vec.experiment import Task2VecConfig
@@ -26,13 +29,15 @@ from research.methods.task2vec.tasks import SuiteConfig
 from research.methods.wrn_blocks import WRNBlocksConfig
 from research.train.classify import ClassifyConfig
 from research.train.detection import DetectionConfig
+from research.train.segmentation import SegmentationConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
            DetectionConfig, ClassicalConfig, GCNConfig, LineConfig, GLMNetConfig,
-           TCCConfig]
+           TCCConfig, SegmentationConfig, SegFlowConfig, OneShotConfig, DepthSRConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
-               "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet", "tcc")
+               "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet", "tcc", "segmentation",
+               "segflow", "one_shot_segmentation", "depth_sr")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:

@@ -164,4 +164,4 @@ def test_bad_optimizer_and_schedule_names():
   with pytest.raises(ValueError, match="unknown optimizer"):
     optim.make_optimizer("lamb", optax.constant_schedule(0.1))
   with pytest.raises(ValueError, match="unknown schedule"):
-    optim.make_schedule("poly", 0.1, 10)
+    optim.make_schedule("exponential", 0.1, 10)
