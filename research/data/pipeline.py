@@ -36,10 +36,12 @@ from research.data import citation_sbm as citation_sbm_lib  # noqa: F401  (regis
 from research.data import scenes as scenes_lib  # noqa: F401  (registers the TFDS builder "shapes_scenes")
 from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
 from research.data import video as video_lib  # noqa: F401  (registers the TFDS builder "shapes_video")
+from research.data import rgbd as rgbd_lib  # noqa: F401  (registers the TFDS builder "shapes_rgbd")
 from research.data import shapes_render
 
 PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
-              "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo}
+              "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo,
+              "shapes_rgbd": rgbd_lib.ShapesRGBD}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
