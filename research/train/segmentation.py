@@ -365,22 +365,6 @@ def prepare_data(cfg: SegmentationConfig) -> SegmentationData:
   return SegmentationData(train, evals, names, "instance" in features and cfg.label_key == "semantic")
 
 
-class _Subset:
-  def __init__(self, source, n):
-    self._source, self._n = source, min(n, len(source))
-
-  def __len__(self):
-    return self._n
-
-  def __getitem__(self, i):
-    if not 0 <= i < self._n:
-      raise IndexError(i)
-    return self._source[i]
-
-  def __getitems__(self, indices):
-    return [self[i] for i in indices]
-
-
 def make_task(cfg: SegmentationConfig, d: SegmentationData) -> SegmentationTask:
   n = len(d.class_names)
   return SegmentationTask(make_model(cfg, n), cfg, n, d.class_names,
@@ -399,6 +383,7 @@ def train_and_evaluate(cfg: SegmentationConfig, workdir: str | None) -> dict[str
     return done
   d = prepare_data(cfg)
   task = make_task(cfg, d)
+  from research.train.detection import _Subset  # the first-N view of a source, shared with detection
   eval_source = _Subset(d.eval_source, cfg.eval_examples) if cfg.eval_examples else d.eval_source
   tf = SegmentationTransform(cfg.image_size, task.num_classes, cfg.image_key, cfg.label_key, cfg.label_offset,
                              cfg.min_scale, cfg.max_scale, cfg.hflip, sizes=False)
