@@ -324,52 +324,24 @@ def build_evaluator(source, class_names, category_ids):
 
 
 def pretrain_backbone(cfg: DetectionConfig) -> str:
-  """Trains (or reuses) ``cfg.backbone`` as a ``shapes`` classifier for ``cfg.pretrain_steps`` steps; returns its
-  checkpoint directory."""
-  from research.train import classify
-  width = cfg.backbone_width if cfg.backbone.startswith(("resnet", "resnext", "wide_resnet", "se_res")) else None
-  name = f"{cfg.backbone}_w{width}_{cfg.pretrain_steps}steps_seed{cfg.seed}" if width else \
-      f"{cfg.backbone}_{cfg.pretrain_steps}steps_seed{cfg.seed}"
-  workdir = os.path.join(cfg.pretrain_dir, name)
-  ccfg = classify.ClassifyConfig(model=cfg.backbone, model_kwargs={"width": width} if width else {}, dataset="shapes",
-                                 data_dir=cfg.data_dir if cfg.dataset == "shapes_scenes" else None,
-                                 num_steps=cfg.pretrain_steps, batch_size=128, learning_rate=0.1, warmup_steps=100,
-                                 schedule="cosine", weight_decay=5e-4, seed=cfg.seed,
-                                 eval_every=cfg.pretrain_steps, checkpoint_every=min(500, cfg.pretrain_steps),
-                                 log_every=100, progress_bar=cfg.progress_bar)
-  if classify.finished_results(workdir, cfg.pretrain_steps) is None:
-    log.info("pre-training the backbone on shapes in %s", workdir)
-    classify.train_and_evaluate(ccfg, workdir)
-  return os.path.join(workdir, "checkpoints")
+  """Trains (or reuses) ``cfg.backbone`` as a ``shapes`` classifier for ``cfg.pretrain_steps`` steps
+  (:func:`research.train.pretrain.pretrain_backbone`); returns its checkpoint directory."""
+  from research.train import pretrain
+  return pretrain.pretrain_backbone(cfg.backbone, width=cfg.backbone_width, steps=cfg.pretrain_steps, seed=cfg.seed,
+                                    pretrain_dir=cfg.pretrain_dir,
+                                    data_dir=cfg.data_dir if cfg.dataset == "shapes_scenes" else None,
+                                    progress_bar=cfg.progress_bar)
 
 
 def pretrained_variables(task: "DetectionTask", image_shape, checkpoint: str) -> tuple[Any, Any]:
   """``(params, model_state)`` of a fresh detector whose backbone comes from a classification checkpoint
   (every backbone parameter and BatchNorm statistic must be found with the same shape; the classifier head is
-  dropped)."""
-  from research.train import checkpoint as ckpt_lib
+  dropped; a plain ResNet's convs fill its deformable twin)."""
+  from research.train import pretrain
   params, state = jax.jit(lambda r: task.init(r, {"image": jax.ShapeDtypeStruct((1,) + tuple(image_shape),
                                                                                  jnp.float32)}))(
       jax.random.PRNGKey(task.cfg.seed))
-  loaded = ckpt_lib.load_params(checkpoint)
-  flat_src = {k: v for k, v in flax_flatten(loaded["params"]).items()}
-  flat_bs = {k: v for k, v in flax_flatten(loaded["batch_stats"]).items()}
-
-  def merge(tree, src, what):
-    flat = flax_flatten(tree)
-    missing = [k for k in flat if k not in src or np.shape(src[k]) != np.shape(flat[k])]
-    if missing:
-      raise ValueError(f"--backbone_checkpoint={checkpoint!r}: {len(missing)} of {len(flat)} backbone {what} are "
-                       f"missing or have another shape (first: {'/'.join(missing[0])}); train the classifier with "
-                       f"the same --backbone and width")
-    return flax_unflatten({k: jnp.asarray(src[k], flat[k].dtype) for k in flat})
-
-  flat_src = plain_to_deformable(flat_src, flax_flatten(params["backbone"]))
-  params = dict(params, backbone=merge(params["backbone"], flat_src, "parameters"))
-  bs = dict(state["batch_stats"])
-  bs["backbone"] = merge(bs["backbone"], flat_bs, "BatchNorm statistics")
-  log.info("backbone initialised from %s", checkpoint)
-  return params, dict(state, batch_stats=bs)
+  return pretrain.load_backbone(params, state, checkpoint, adapt=plain_to_deformable)
 
 
 def plain_to_deformable(src: dict[tuple[str, ...], Any], target: dict[tuple[str, ...], Any]) -> dict:

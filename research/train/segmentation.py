@@ -56,6 +56,14 @@ class SegmentationConfig:
   backbone: str = setting("resnet18", "features_only backbone (resnet18/34/50, drn_a_50, drn_c_26).")
   backbone_width: int = setting(16, "Width of the ResNet backbone's first stage (64 = the published ResNets).")
   output_stride: int = setting(8, "Output stride of the dilated backbone: 8 or 16 (32 for gcn_seg).")
+  backbone_checkpoint: str | None = setting(None, "Initialise the backbone (params + BatchNorm statistics) from this "
+                                            "classification run's checkpoints (same --backbone and width), as the "
+                                            "papers start from ImageNet weights.")
+  pretrain_steps: int = setting(0, "Before training, pre-train the backbone as a classifier on the offline 'shapes' "
+                                "dataset (research.train.pretrain) for this many steps and start from it (0 = from "
+                                "scratch).")
+  pretrain_dir: str = setting("/tmp/research/backbones", "Where pre-trained backbones are kept (shared with "
+                              "detection: one subdirectory per backbone, width, steps and seed).")
   aux_weight: float = setting(0.4, "Weight of the auxiliary loss (PSPNet §3.4: 0.4) when the model has an aux head.")
   aux_head: bool = setting(True, "Use the model's auxiliary head (PSPNet's deep supervision).")
   boundary_refinement: bool = setting(True, "gcn_seg: Boundary Refinement blocks (Peng et al. 2017 §3.2).")
@@ -281,6 +289,8 @@ def validate(cfg: SegmentationConfig) -> None:
     raise ValueError(f"--image_size={cfg.image_size} must be a positive multiple of 32")
   if cfg.output_stride not in (8, 16, 32):
     raise ValueError(f"--output_stride={cfg.output_stride} must be 8, 16 or 32")
+  if cfg.pretrain_steps < 0:
+    raise ValueError(f"--pretrain_steps={cfg.pretrain_steps} must be >= 0 (0 = from scratch)")
   for name in ("num_steps", "batch_size", "crf_iters", "crf_iters_eval", "backbone_width"):
     if getattr(cfg, name) <= 0:
       raise ValueError(f"--{name} must be positive, got {getattr(cfg, name)}")
@@ -399,8 +409,21 @@ def train_and_evaluate(cfg: SegmentationConfig, workdir: str | None) -> dict[str
                                checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
                                log_every=cfg.log_every, progress_bar=cfg.progress_bar, prefetch=cfg.prefetch,
                                description=cfg.model)
+  variables = None
+  checkpoint = cfg.backbone_checkpoint
+  if not checkpoint and cfg.pretrain_steps:
+    from research.train import pretrain
+    checkpoint = pretrain.pretrain_backbone(cfg.backbone, width=cfg.backbone_width, steps=cfg.pretrain_steps,
+                                            seed=0, pretrain_dir=cfg.pretrain_dir,  # shared by all --seed, as ImageNet weights are
+                                            data_dir=cfg.data_dir if cfg.dataset == "shapes_scenes" else None,
+                                            progress_bar=cfg.progress_bar)
+  if checkpoint and not (workdir and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    from research.train import pretrain
+    shape = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    params, state = jax.jit(lambda r: task.init(r, {"image": shape}))(jax.random.PRNGKey(cfg.seed))
+    variables = pretrain.load_backbone(params, state, checkpoint)
   _, results = loop_lib.train(task, iter(train_iter), config=config, mesh=task_lib.make_mesh(), workdir=workdir,
-                              eval_data=eval_data, run_config=dataclasses.asdict(cfg),
+                              eval_data=eval_data, run_config=dataclasses.asdict(cfg), variables=variables,
                               results_extra={"model": cfg.model, "dataset": cfg.dataset, "crf": cfg.crf,
                                              "num_classes": task.num_classes})
   results["wall_seconds"] = time.time() - t0

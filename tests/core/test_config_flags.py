@@ -20,6 +20,7 @@ from research.methods.gcn_experiment import GCNConfig
 from research.methods.glmnet_experiment import GLMNetConfig
 from research.methods.large_minibatch import LargeMinibatchConfig
 from research.methods.line_experiment import LineConfig
+from research.methods.one_shot_experiment import OneShotConfig
 from research.methods.segflow_experiment import SegFlowConfig
 from research.methods.super_convergence import SuperConvergenceConfig
 from research.methods.tcc_experiment import TCCConfig
@@ -33,10 +34,10 @@ from research.train.segmentation import SegmentationConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBlocksConfig, Task2VecConfig, SuiteConfig,
            DetectionConfig, ClassicalConfig, GCNConfig, LineConfig, GLMNetConfig,
-           TCCConfig, SegmentationConfig, SegFlowConfig, DepthSRConfig]
+           TCCConfig, SegmentationConfig, SegFlowConfig, DepthSRConfig, OneShotConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
                "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet", "tcc", "segmentation",
-               "segflow", "depth_sr")
+               "segflow", "depth_sr", "one_shot_segmentation")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:

@@ -9,3 +9,4 @@ Family ``"segmentation"`` (``research.models.names("segmentation")``): ``fcn``, 
 from research.models.segmentation import heads  # noqa: F401  (registers the segmentation models)
 from research.models.segmentation import depth_sr  # noqa: F401,E402
 from research.models.segmentation import segflow  # noqa: F401,E402
+from research.models.segmentation import one_shot  # noqa: F401,E402
