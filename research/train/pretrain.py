@@ -89,3 +89,34 @@ def load_backbone(params: Any, model_state: Any, checkpoint: str,
     model_state = dict(model_state, batch_stats=merge(stats, loaded["batch_stats"], "BatchNorm statistics"))
   log.info("backbone initialised from %s", checkpoint)
   return params, model_state
+
+
+def load_network(params: Any, model_state: Any, checkpoint: str, what: str = "--init_checkpoint") -> tuple[Any, Any]:
+  """``(params, model_state)`` with every leaf of a trained network's checkpoint copied in: at the root of the model,
+  or under the one sub-tree that holds all of them (e.g. a segmenter wrapped as ``segmenter`` by CRF-as-RNN, which
+  Zheng et al. 2015 fine-tune from a trained FCN). Leaves of the model the checkpoint lacks (the CRF's) keep their
+  initialisation. Raises ``ValueError`` naming ``what`` when no sub-tree holds every checkpoint leaf with its shape."""
+  from research.train import checkpoint as ckpt_lib
+  loaded = ckpt_lib.load_params(checkpoint)
+  src = traverse_util.flatten_dict(dict(loaded["params"]))
+  flat = traverse_util.flatten_dict(dict(params))
+  candidates = [()] + sorted({k[:i] for k in flat for i in (1, 2) if len(k) > i})
+  fits = [p for p in candidates if all(p + k in flat and np.shape(flat[p + k]) == np.shape(v) for k, v in src.items())]
+  if not fits:
+    raise ValueError(f"{what}={checkpoint!r}: no sub-tree of the model holds all {len(src)} of the checkpoint's "
+                     f"parameters with their shapes (first: {'/'.join(next(iter(src)))}); train the network with the "
+                     f"same --model, --backbone, width, output stride and classes")
+  prefix = fits[0]
+
+  def merge(tree, source):
+    f = traverse_util.flatten_dict(dict(tree))
+    f.update({prefix + k: jnp.asarray(v, f[prefix + k].dtype) for k, v in traverse_util.flatten_dict(dict(source)).items()
+              if prefix + k in f})
+    return traverse_util.unflatten_dict(f)
+
+  params = merge(params, loaded["params"])
+  stats = (model_state or {}).get("batch_stats") or {}
+  if stats and loaded.get("batch_stats"):
+    model_state = dict(model_state, batch_stats=merge(stats, loaded["batch_stats"]))
+  log.info("network initialised from %s (under %s)", checkpoint, "/".join(prefix) or "the root")
+  return params, model_state

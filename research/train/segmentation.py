@@ -59,6 +59,10 @@ class SegmentationConfig:
   backbone_checkpoint: str | None = setting(None, "Initialise the backbone (params + BatchNorm statistics) from this "
                                             "classification run's checkpoints (same --backbone and width), as the "
                                             "papers start from ImageNet weights.")
+  init_checkpoint: str | None = setting(None, "Initialise the whole network (params + BatchNorm statistics) from a "
+                                        "segmentation run's checkpoints (same --model, --backbone, width, output "
+                                        "stride); with --crf=crf_rnn the unary network, as Zheng et al. 2015 fine-tune "
+                                        "CRF-RNN from a trained FCN. Overrides --backbone_checkpoint/--pretrain_steps.")
   pretrain_steps: int = setting(0, "Before training, pre-train the backbone as a classifier on the offline 'shapes' "
                                 "dataset (research.train.pretrain) for this many steps and start from it (0 = from "
                                 "scratch).")
@@ -411,17 +415,22 @@ def train_and_evaluate(cfg: SegmentationConfig, workdir: str | None) -> dict[str
                                description=cfg.model)
   variables = None
   checkpoint = cfg.backbone_checkpoint
-  if not checkpoint and cfg.pretrain_steps:
+  if not checkpoint and cfg.pretrain_steps and not cfg.init_checkpoint:
     from research.train import pretrain
     checkpoint = pretrain.pretrain_backbone(cfg.backbone, width=cfg.backbone_width, steps=cfg.pretrain_steps,
                                             seed=0, pretrain_dir=cfg.pretrain_dir,  # shared by all --seed, as ImageNet weights are
                                             data_dir=cfg.data_dir if cfg.dataset == "shapes_scenes" else None,
                                             progress_bar=cfg.progress_bar)
-  if checkpoint and not (workdir and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+  if checkpoint and not cfg.init_checkpoint and not (workdir and os.path.isdir(os.path.join(workdir, "checkpoints"))):
     from research.train import pretrain
     shape = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
     params, state = jax.jit(lambda r: task.init(r, {"image": shape}))(jax.random.PRNGKey(cfg.seed))
     variables = pretrain.load_backbone(params, state, checkpoint)
+  if cfg.init_checkpoint and not (workdir and os.path.isdir(os.path.join(workdir, "checkpoints"))):
+    from research.train import pretrain
+    shape = jax.ShapeDtypeStruct((1, cfg.image_size, cfg.image_size, 3), jnp.float32)
+    params, state = jax.jit(lambda r: task.init(r, {"image": shape}))(jax.random.PRNGKey(cfg.seed))
+    variables = pretrain.load_network(params, state, cfg.init_checkpoint)
   _, results = loop_lib.train(task, iter(train_iter), config=config, mesh=task_lib.make_mesh(), workdir=workdir,
                               eval_data=eval_data, run_config=dataclasses.asdict(cfg), variables=variables,
                               results_extra={"model": cfg.model, "dataset": cfg.dataset, "crf": cfg.crf,

@@ -51,3 +51,35 @@ def test_width_mismatch_names_the_flag(tmp_path):
 def test_run_name():
   assert pretrain.run_name("resnet18", 16, 1500, 0) == "resnet18_w16_1500steps_seed0"
   assert pretrain.run_name("drn_c_26", 16, 100, 1) == "drn_c_26_100steps_seed1"
+
+
+def _segmenter_checkpoint(path, cfg):
+  net = S.make_model(cfg, 4)
+  v = jax.jit(lambda r: net.init(r, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.key(3))
+  v = jax.tree.map(lambda a: a + 0.25, v)
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path / "20" / "state", {"params": v["params"], "model_state": {"batch_stats": v["batch_stats"]}})
+  return v
+
+
+def test_crf_rnn_starts_from_a_trained_fcn(tmp_path):
+  """--init_checkpoint: the whole FCN (backbone + head + BN statistics) goes under CRF-as-RNN's ``segmenter``;
+  the CRF's own parameters keep their initialisation."""
+  base = S.SegmentationConfig(model="fcn", backbone_width=8, image_size=32)
+  v = _segmenter_checkpoint(tmp_path / "fcn", base)
+  net = S.make_model(S.SegmentationConfig(model="fcn", backbone_width=8, image_size=32, crf="crf_rnn"), 4)
+  init = jax.jit(lambda r: net.init(r, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.key(0))
+  params, state = pretrain.load_network(init["params"], {"batch_stats": init["batch_stats"]}, str(tmp_path / "fcn"))
+  chex.assert_trees_all_close(params["segmenter"], v["params"])
+  chex.assert_trees_all_close(state["batch_stats"]["segmenter"], v["batch_stats"])
+  chex.assert_trees_all_close(params["crf_rnn"], init["params"]["crf_rnn"])
+  # the plain FCN loads at the root
+  plain = S.make_model(base, 4)
+  init2 = jax.jit(lambda r: plain.init(r, jnp.zeros((1, 32, 32, 3)), train=False))(jax.random.key(1))
+  p2, _ = pretrain.load_network(init2["params"], {"batch_stats": init2["batch_stats"]}, str(tmp_path / "fcn"))
+  chex.assert_trees_all_close(p2, v["params"])
+  # another width: one error naming the flag
+  wide = S.make_model(S.SegmentationConfig(model="fcn", backbone_width=16, image_size=32), 4)
+  init3 = jax.eval_shape(lambda r: wide.init(r, jnp.zeros((1, 32, 32, 3)), train=False), jax.random.key(0))
+  with pytest.raises(ValueError, match="--init_checkpoint=.*no sub-tree.*same --model"):
+    pretrain.load_network(init3["params"], {"batch_stats": init3["batch_stats"]}, str(tmp_path / "fcn"))
