@@ -59,3 +59,21 @@ class ArrayBatches:
       raise ValueError(f"data state {s} was saved with another seed or batch size than this run's "
                        f"(seed={self._seed}, global_batch_size={self._batch})")
     self._step = int(s["step"])
+
+
+def padded_eval_rows(n: int, global_batch_size: int):
+  """One pass over ``n`` items in global batches of ``global_batch_size``, the last one padded: an iterator of this
+  process's ``(rows int [b], valid float32 [b])`` per batch (``b = global_batch_size / process_count``; padding rows
+  repeat item 0 with ``valid = 0``, so eval sums weighted by ``valid`` count every item once on any number of
+  processes). A bad batch size raises ``ValueError`` here, before any iteration."""
+  if global_batch_size <= 0 or global_batch_size % jax.process_count():
+    raise ValueError(f"eval batch {global_batch_size} must be positive and divisible by {jax.process_count()} "
+                     f"processes")
+  local = global_batch_size // jax.process_count()
+  mine = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
+
+  def rows_of(start):
+    rows = np.arange(start, start + global_batch_size)
+    valid = rows < n
+    return np.where(valid, rows, 0)[mine], valid[mine].astype(np.float32)
+  return map(rows_of, range(0, n, global_batch_size))

@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research.data.memory import padded_eval_rows
 from research.models.segmentation.one_shot import FCNSegmenter, OneShotSegmenter, upsample_bilinear
 from research.train import task as task_lib
 
@@ -207,20 +208,13 @@ def episode_batches(images: np.ndarray, semantic: np.ndarray, episodes: Mapping[
   """A callable returning one pass over the test ``episodes`` (:func:`make_test_episodes`): this process's rows of
   zero-padded global batches of :func:`episode_arrays` plus ``valid`` f32 [b] (0 on padding rows)."""
   n = len(episodes["class_id"])
-  if global_batch_size < 1 or global_batch_size % jax.process_count():
-    raise ValueError(f"eval batch {global_batch_size} must be positive and divisible by {jax.process_count()} "
-                     f"processes")
-  local = global_batch_size // jax.process_count()
-  p = jax.process_index()
+  padded_eval_rows(n, global_batch_size)  # checks the batch size now
 
   def one_pass():
-    for start in range(0, n, global_batch_size):
-      rows = np.arange(start, start + global_batch_size)
-      valid = rows < n
-      rows = np.where(valid, rows, 0)[p * local:(p + 1) * local]
+    for rows, valid in padded_eval_rows(n, global_batch_size):
       batch = episode_arrays(images, semantic, episodes["class_id"][rows], episodes["support"][rows],
                              episodes["query"][rows])
-      batch["valid"] = valid[p * local:(p + 1) * local].astype(np.float32)
+      batch["valid"] = valid
       yield batch
 
   return one_pass

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from research.data.memory import padded_eval_rows
 from research.models import registry
 from research.models.segmentation import segflow as segflow_model
 from research.train import dense_metrics
@@ -119,19 +120,12 @@ def eval_batches(clips: Mapping[str, np.ndarray], *, global_batch_size: int, for
   this process's rows of zero-padded global batches with ``valid`` [b]."""
   idx = pair_index(len(clips["frames"]), clips["frames"].shape[1], stride=pair_stride)
   n = len(idx["clip"])
-  if global_batch_size <= 0 or global_batch_size % jax.process_count():
-    raise ValueError(f"eval batch {global_batch_size} must be positive and divisible by {jax.process_count()} "
-                     f"processes")
-  local = global_batch_size // jax.process_count()
-  p = jax.process_index()
+  padded_eval_rows(n, global_batch_size)  # checks the batch size now
 
   def one_pass():
-    for start in range(0, n, global_batch_size):
-      rows = np.arange(start, start + global_batch_size)
-      valid = rows < n
-      rows = np.where(valid, rows, 0)[p * local:(p + 1) * local]
+    for rows, valid in padded_eval_rows(n, global_batch_size):
       batch = gather_pairs(clips, idx["clip"][rows], idx["t"][rows], foreground)
-      batch["valid"] = valid[p * local:(p + 1) * local].astype(np.float32)
+      batch["valid"] = valid
       yield batch
 
   return one_pass

@@ -494,3 +494,16 @@ def test_cli_smoke_flagfile(tmp_path, scenes_dir):
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert set(summary["folds"]["0"]["table"]) == {"oslsm", "nn1", "logreg"} and "| method |" in proc.stdout
+
+
+def test_padded_eval_rows_cover_every_item_once_and_check_the_batch():
+  from research.data.memory import padded_eval_rows
+  out = list(padded_eval_rows(10, 4))
+  rows = np.concatenate([r for r, _ in out])
+  valid = np.concatenate([v for _, v in out])
+  assert [len(r) for r, _ in out] == [4, 4, 4]
+  np.testing.assert_array_equal(rows[valid > 0], np.arange(10))
+  np.testing.assert_array_equal(valid, [1] * 10 + [0, 0])
+  assert list(padded_eval_rows(0, 4)) == []
+  with pytest.raises(ValueError, match="eval batch 0 must be positive"):
+    padded_eval_rows(10, 0)
