@@ -134,16 +134,6 @@ def load_data(cfg: DepthSRConfig) -> dict[str, dict[str, np.ndarray]]:
   return {"train": train, "validation": val}
 
 
-def _stored(out: str, run_config: dict) -> dict | None:
-  stored = os.path.join(out, "results.json")
-  if os.path.exists(stored) and os.path.exists(os.path.join(out, "run.json")):
-    with open(os.path.join(out, "run.json")) as f:
-      if json.load(f) == json.loads(json.dumps(run_config, default=fileio.json_default)):
-        with open(stored) as g:
-          return json.load(g)
-  return None
-
-
 def make_task(cfg: DepthSRConfig, model: str, scale: int) -> dsr.DepthSRTask:
   """The training task of one run."""
   return dsr.DepthSRTask(model=model, scale=scale, model_kwargs=cfg.model_kwargs, learning_rate=cfg.learning_rate,
@@ -156,7 +146,7 @@ def train_one(cfg: DepthSRConfig, data, model: str, scale: int, seed: int, workd
   name = f"x{scale}_{model}_seed{seed}"
   out = os.path.join(workdir, name)
   run_config = {**dataclasses.asdict(cfg), "run": name, "model": model, "scale": scale, "seed": seed}
-  done = _stored(out, run_config)
+  done = reporting.stored_results(out, run_config)
   if done is not None:
     return done
   transform = dsr.DegradeTransform(scale, method=cfg.degradation, noise_std=cfg.noise_std, crop=cfg.crop,

@@ -148,12 +148,9 @@ def load_split(split: str, cfg: OneShotConfig, limit: int = 0) -> tuple[np.ndarr
 def _train_one(name: str, task, train_data, eval_data, cfg: OneShotConfig, seed: int, steps: int, workdir: str,
                run_config: dict) -> dict[str, Any]:
   out = os.path.join(workdir, name)
-  stored = os.path.join(out, "results.json")
-  if os.path.exists(stored) and os.path.exists(os.path.join(out, "run.json")):
-    with open(os.path.join(out, "run.json")) as f:
-      if json.load(f) == json.loads(json.dumps(run_config, default=fileio.json_default)):
-        with open(stored) as g:
-          return json.load(g)
+  done = reporting.stored_results(out, run_config)
+  if done is not None:
+    return done
   lcfg = loop.LoopConfig(num_steps=steps, seed=seed, eval_every=cfg.eval_every, checkpoint_every=steps,
                          keep_checkpoints=1, log_every=50, progress_bar=False, description=name)
   _, results = loop.train(task, train_data, config=lcfg, mesh=task_lib.make_mesh(), workdir=out, eval_data=eval_data,

@@ -7,6 +7,7 @@ only in multi-process runs.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -31,6 +32,19 @@ def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
   """Writes ``workdir/summary.json`` atomically (``research.fileio.write_json_atomic``: temporary file + rename)."""
   if fileio.main_process():
     fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+
+
+def stored_results(out: str, run_config: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The ``results.json`` of a finished run in ``out`` when its ``run.json`` equals ``run_config`` (after a JSON
+  round trip), else None: experiments reuse finished runs and retrain the ones whose settings changed."""
+  stored, run = os.path.join(out, "results.json"), os.path.join(out, "run.json")
+  if not (os.path.exists(stored) and os.path.exists(run)):
+    return None
+  with open(run) as f:
+    if json.load(f) != json.loads(json.dumps(run_config, default=fileio.json_default)):
+      return None
+  with open(stored) as f:
+    return json.load(f)
 
 
 def line_plot(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, xlabel: str,

@@ -26,7 +26,6 @@ finished run (``results.json`` with the same settings) is not trained again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Any
@@ -147,12 +146,9 @@ def make_task(cfg: SegFlowConfig, method: str) -> segflow_train.SegFlowTask:
 def _train_one(name: str, task, cfg: SegFlowConfig, seed: int, data, workdir: str, run_config: dict
                ) -> dict[str, Any]:
   out = os.path.join(workdir, name)
-  stored = os.path.join(out, "results.json")
-  if os.path.exists(stored) and os.path.exists(os.path.join(out, "run.json")):
-    with open(os.path.join(out, "run.json")) as f:
-      if json.load(f) == json.loads(json.dumps(run_config, default=fileio.json_default)):
-        with open(stored) as g:
-          return json.load(g)
+  done = reporting.stored_results(out, run_config)
+  if done is not None:
+    return done
   train = data["train"]
   index = segflow_train.pair_index(len(train["frames"]), train["frames"].shape[1])
   batches = ArrayBatches(index, global_batch_size=cfg.batch_size, seed=seed,

@@ -154,12 +154,9 @@ def load_data(cfg: TCCConfig) -> dict[str, dict[str, np.ndarray]]:
 def _train_one(name: str, task, arrays, cfg: TCCConfig, seed: int, steps: int, data, workdir: str,
                run_config: dict) -> dict[str, Any]:
   out = os.path.join(workdir, name)
-  stored = os.path.join(out, "results.json")
-  if os.path.exists(stored) and os.path.exists(os.path.join(out, "run.json")):
-    with open(os.path.join(out, "run.json")) as f:
-      if json.load(f) == json.loads(json.dumps(run_config, default=fileio.json_default)):
-        with open(stored) as g:
-          return json.load(g)
+  done = reporting.stored_results(out, run_config)
+  if done is not None:
+    return done
   batches = ArrayBatches({"frames": arrays["frames"], "phase_label": arrays["phase_label"]},
                          global_batch_size=cfg.batch_size, seed=seed,
                          transform=tcc_train.FrameSampler(arrays["frames"].shape[1], cfg.num_sampled_frames))
