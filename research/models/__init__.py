@@ -17,5 +17,6 @@ from research.models import resnet as _resnet  # noqa: F401,E402
 from research.models import detection as _detection  # noqa: F401,E402  (family "detection")
 from research.models import graph as _graph  # noqa: F401,E402  (family "graph")
 from research.models import segmentation as _segmentation  # noqa: F401,E402  (families "segmentation", "dense")
+from research.models import generative as _generative  # noqa: F401,E402  (family "generative")
 
 __all__ = ["create", "names", "register", "register_pattern"]
