@@ -294,3 +294,25 @@ def test_vae_trains_and_the_iwae_bound_is_tighter():
                                                                       jnp.zeros_like(mu)) - gen.log_normal(
       mu + jnp.exp(0.5 * logvar) * eps[0], mu, logvar)
   np.testing.assert_allclose(lw[0], elbo_terms, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape,features", [((2, 4, 4, 3), 5), ((1, 5, 7, 2), 4), ((3, 1, 1, 1), 2)])
+def test_conv_transpose2x_equals_flax_conv_transpose(shape, features):
+  """The sub-pixel form equals nn.ConvTranspose(k=4, s=2, SAME) with the same kernel and bias: values and the
+  gradients w.r.t. the input and the parameters (float64)."""
+  import flax.linen as nn
+  from research.layers.upsample import ConvTranspose2x
+  with jax.enable_x64(True):
+    x = jax.random.normal(jax.random.PRNGKey(0), shape, jnp.float64)
+    ref = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", dtype=jnp.float64,
+                           param_dtype=jnp.float64)
+    ours = ConvTranspose2x(features, dtype=jnp.float64, param_dtype=jnp.float64)
+    v = ref.init(jax.random.PRNGKey(1), x)
+    v = {"params": {**v["params"], "bias": jax.random.normal(jax.random.PRNGKey(2), (features,), jnp.float64)}}
+    chex.assert_trees_all_equal_shapes(v, ours.init(jax.random.PRNGKey(1), x))
+    y = ours.apply(v, x)
+    chex.assert_shape(y, (shape[0], 2 * shape[1], 2 * shape[2], features))
+    np.testing.assert_allclose(y, ref.apply(v, x), rtol=1e-12, atol=1e-12)
+    loss = lambda m: lambda v, x: jnp.sum(jnp.sin(m.apply(v, x)))  # noqa: E731
+    g_ref, g_ours = jax.grad(loss(ref), (0, 1))(v, x), jax.grad(loss(ours), (0, 1))(v, x)
+    chex.assert_trees_all_close(g_ours, g_ref, rtol=1e-10, atol=1e-12)

@@ -1,7 +1,8 @@
 """GAN networks of seed 003 §16 (DCGAN, WGAN, WGAN-GP, conditional GAN, BEGAN) for small images and 2-D points.
 
 * :class:`DCGANGenerator` (Radford et al. 2016 §3): ``z`` [B, z_dim] -> Dense to a 4x4 map -> transposed 4x4 /
-  stride-2 convolutions halving the width up to ``image_size`` -> 3x3 conv -> tanh, images in [-1, 1]; BatchNorm +
+  stride-2 convolutions (``research.layers.upsample.ConvTranspose2x``: exact, fast backward) halving the width up
+  to ``image_size`` -> 3x3 conv -> tanh, images in [-1, 1]; BatchNorm +
   ReLU between layers (``norm="batch"``, statistics in ``batch_stats``) or none. Conditional (Mirza & Osindero
   2014): the one-hot class is concatenated to ``z``.
 * :class:`DCGANCritic`: 4x4 / stride-2 convolutions doubling the width down to 4x4 (LeakyReLU 0.2, no norm on the
@@ -26,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from research.layers.upsample import ConvTranspose2x
 from research.models.registry import register
 
 NORMS_G = ("batch", "none")
@@ -76,8 +78,7 @@ class DCGANGenerator(nn.Module):
     h = act(h.reshape(h.shape[0], 4, 4, top), "bn_project")
     for i in range(stages):
       out = self.width * 2 ** (stages - 2 - i) if i < stages - 1 else self.width
-      h = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding="SAME", dtype=self.dtype,
-                           param_dtype=self.param_dtype, name=f"up{i}")(h)
+      h = ConvTranspose2x(out, dtype=self.dtype, param_dtype=self.param_dtype, name=f"up{i}")(h)
       h = act(h, f"bn_up{i}")
     h = nn.Conv(self.channels, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
                 name="to_image")(h)
