@@ -1,8 +1,9 @@
 """Input pipelines: ``tfds.data_source`` (array_record, no TensorFlow) + grain, sharded per JAX process.
 
-* ``get_source(name, split, data_dir)``: random-access source. Procedural datasets (``shapes``) are built
-  into ``data_dir`` on first use; any other TFDS dataset must already be prepared there in array_record
-  format (``tfds build cifar100 --file_format=array_record --data_dir=DIR``).
+* ``get_source(name, split, data_dir)``: random-access source. Offline datasets (``PROCEDURAL``: ``shapes``, ...,
+  ``digits``; a config as ``name/config``, e.g. ``digits/32``) are built into ``data_dir`` on first use; any other
+  TFDS dataset must already be prepared there in array_record format (``tfds build cifar100
+  --file_format=array_record --data_dir=DIR``).
 * ``train_loader(...)``: infinite, seeded shuffle, per-process rows of each global batch
   (``GlobalBatchSliceSampler``: the same global batches for any process count), augmentation,
   batching; a ``grain.DataLoader`` whose iterator state is checkpointable (``get_state``/``set_state``).
@@ -37,11 +38,12 @@ from research.data import scenes as scenes_lib  # noqa: F401  (registers the TFD
 from research.data import shapes as shapes_lib  # noqa: F401  (registers the TFDS builder "shapes")
 from research.data import video as video_lib  # noqa: F401  (registers the TFDS builder "shapes_video")
 from research.data import rgbd as rgbd_lib  # noqa: F401  (registers the TFDS builder "shapes_rgbd")
+from research.data import digits as digits_lib  # noqa: F401  (registers the TFDS builder "digits")
 from research.data import shapes_render
 
 PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
               "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo,
-              "shapes_rgbd": rgbd_lib.ShapesRGBD}
+              "shapes_rgbd": rgbd_lib.ShapesRGBD, "digits": digits_lib.Digits}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
@@ -78,6 +80,12 @@ _STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "crop_flip"),
     "mnist": ((0.1307,), (0.3081,), "crop"),  # mirrored digits are other glyphs
     "fashion_mnist": ((0.2860,), (0.3530,), "crop_flip"),
+    # train split; no flips (mirrored digits are other glyphs) and no crop at 8 / 16 px (random_crop_flip's
+    # 4-pixel pad would shift the digit by up to half / a quarter of the image)
+    "digits": ((0.3052,), (0.3758,), "none"),
+    "digits/8": ((0.3052,), (0.3758,), "none"),
+    "digits/16": ((0.3052,), (0.3187,), "none"),
+    "digits/32": ((0.3054,), (0.3235,), "crop"),
 }
 
 
@@ -98,7 +106,7 @@ def default_data_dir() -> str:
 
 def _builder(name: str, data_dir: str | None):
   data_dir = data_dir or default_data_dir()
-  if name in PROCEDURAL:
+  if name.partition("/")[0] in PROCEDURAL:
     return _procedural_builder(name, data_dir)
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -142,21 +150,17 @@ def build_on_first_use(make_builder: Callable[[], Any], label: str, data_dir: st
 
 
 def _procedural_builder(name: str, data_dir: str):
-  """The offline procedural dataset ``name`` (``PROCEDURAL``), built on first use (``build_on_first_use``)."""
-  return build_on_first_use(lambda: PROCEDURAL[name](data_dir=data_dir), name, data_dir)
-  # Every process reaches the barrier, prepared or not: a process that found the files ready and skipped it
-  # would leave the others waiting forever.
-  if jax.process_index() == 0 and not builder.is_prepared():
-    builder.download_and_prepare(file_format="array_record")
-  multihost_utils.sync_global_devices(f"research.data: build {name} in {data_dir}")
-  if jax.process_index() != 0:
-    builder = PROCEDURAL[name](data_dir=data_dir)  # re-read: process 0 has written it meanwhile
-    if not builder.is_prepared():
-      raise ValueError(
-          f"process {jax.process_index()} cannot see the {name!r} dataset that process 0 built in "
-          f"--data_dir={data_dir!r}: use a data_dir shared by all processes, or build it on every host first "
-          f"(one process per host: research.data.get_spec({name!r}, DIR)).")
-  return builder
+  """The offline dataset ``name`` (``PROCEDURAL``; ``base/config`` picks a TFDS builder config, e.g. ``digits/32``),
+  built on first use (``build_on_first_use``)."""
+  base, _, config = name.partition("/")
+  cls = PROCEDURAL[base]
+  if not config:
+    return build_on_first_use(lambda: cls(data_dir=data_dir), name, data_dir)
+  configs = [c.name for c in (cls.BUILDER_CONFIGS or [])]
+  if config not in configs:
+    raise ValueError(f"--dataset={name!r}: {base!r} has " + (f"the configs {configs}; use {base}/<config>"
+                     if configs else f"no configs; use --dataset={base}"))
+  return build_on_first_use(lambda: cls(config=config, data_dir=data_dir), name, data_dir)
 
 
 def _readable(builder) -> bool:
