@@ -17,8 +17,9 @@ rate (``research.data.mixtures.mode_stats``).
 The claims in ``summary.json`` (every one computed from the runs, never assumed):
 
 * ``tracking``: per run, the Spearman correlation over the eval points of training between the critic's held-out
-  loss and the FID: WGAN's ``-critic_gap`` (Wasserstein estimate) should fall with the FID (Arjovsky et al. 2017
-  §4.2, Fig. 3-4), the GAN discriminator's loss should not track it.
+  divergence estimate (:func:`divergence_estimate`) and the FID: WGAN's Wasserstein estimate should fall with the
+  FID (Arjovsky et al. 2017 §4.2, Fig. 3-4: "the first loss that correlates with sample quality"), the GAN
+  discriminator's JS estimate should not.
 * ``clipping_vs_gp``: WGAN (clipping) vs WGAN-GP at the same critic depth: FID, and the critic weights -- clipping
   pushes most weights to +-c (Gulrajani et al. §3, Fig. 1b), the penalty does not (``weights_at_clip``).
 * ``began_gamma``: BEGAN's gamma trades diversity (class entropy) against quality (confidence) (§3.3, Fig. 2).
@@ -302,7 +303,7 @@ def save_grid(path: str, images: np.ndarray, ncol: int = 10) -> None:
     grid[1 + r * (s + 1):1 + r * (s + 1) + s, 1 + c * (s + 1):1 + c * (s + 1) + s] = (images[i] + 1) / 2
   img = (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
   img = img[..., 0] if img.shape[-1] == 1 else img
-  scale = max(1, 256 // (ncol * (s + 1)))
+  scale = max(1, 512 // (ncol * (s + 1)))
   Image.fromarray(img).resize((img.shape[1] * scale, img.shape[0] * scale), Image.NEAREST).save(path)
 
 
@@ -358,16 +359,7 @@ def train_gan(cfg: GANConfig, data, loss: str, seed: int, gamma: float | None, w
   t0 = time.time()
   state, results = loop.train(task, batches, config=lcfg, mesh=task_lib.make_mesh(), workdir=out,
                               eval_data=_eval_batches(cfg, data["test"], num_classes), run_config=run_config)
-  curve = [r for r in metrics_lib.read_metrics(out) if any(k.startswith("eval/") for k in r)]
-  results["curve"] = curve
-  quality_key = "eval/high_quality_rate" if cfg.is_mixture else "eval/fid"
-  quality = [r.get(quality_key) for r in curve]
-  if loss in ("wgan", "wgan_gp"):
-    results["tracking_spearman"] = _spearman([-r["eval/critic_gap"] for r in curve], quality)
-  elif loss in ("gan", "nsgan"):
-    results["tracking_spearman"] = _spearman([r["eval/discriminator_loss"] for r in curve], quality)
-  else:
-    results["tracking_spearman"] = _spearman([r["eval/m_global"] for r in curve], quality)
+  results["curve"] = [r for r in metrics_lib.read_metrics(out) if any(k.startswith("eval/") for k in r)]
   params = jax.device_get(state.params)
   if loss in ("wgan", "wgan_gp"):  # the clipping-vs-penalty comparison (weights at +-c mean nothing otherwise)
     results.update(_critic_weight_stats(params["critic"], cfg.clip, os.path.join(out, "critic_weights.png")))
@@ -416,6 +408,27 @@ def load_gan_data(cfg: GANConfig, seed: int = 0) -> tuple[dict, int]:
   return data, num_classes
 
 
+def divergence_estimate(loss: str, row: dict) -> float | None:
+  """The critic's held-out estimate of the distance between data and model at one eval point (``row`` holds
+  ``eval/...`` keys): WGAN / WGAN-GP: the Wasserstein estimate E f(x) - E f(G(z)); GAN / NSGAN:
+  log 4 - BCE = 2 JSD - (the optimal-discriminator identity, Goodfellow et al. 2014 Thm. 1); BEGAN: M_global."""
+  if loss in ("wgan", "wgan_gp"):
+    return row.get("eval/critic_gap")
+  if loss in ("gan", "nsgan"):
+    bce = row.get("eval/discriminator_loss")
+    return None if bce is None else float(np.log(4.0) - bce)
+  return row.get("eval/m_global")
+
+
+def tracking(loss: str, curve: list[dict], mixture: bool) -> float | None:
+  """Spearman correlation over the eval points of training between the divergence estimate and the sample
+  quality: FID (images; > 0 = the estimate falls as the FID falls: it tracks quality) or minus the high-quality
+  rate (mixtures)."""
+  quality = [(-r["eval/high_quality_rate"] if mixture else r["eval/fid"]) if (
+      "eval/high_quality_rate" if mixture else "eval/fid") in r else None for r in curve]
+  return _spearman([divergence_estimate(loss, r) for r in curve], quality)
+
+
 def _mean_std(values):
   a = np.asarray([v for v in values if v is not None], np.float64)
   return (float(a.mean()), float(a.std())) if len(a) else (None, None)
@@ -446,12 +459,16 @@ def run_gan(cfg: GANConfig, workdir: str) -> dict[str, Any]:
     reference = gm.gaussian_stats(train_feats)
     feature_info["fid_test"] = float(gm.frechet_distance(*gm.gaussian_stats(test_feats), *reference))
     sample_metrics = image_sample_metrics(fn, reference, num_classes, cfg.conditional)
+    order = np.argsort(data["test"]["label"], kind="stable")  # real test digits, one row per class when possible
+    save_grid(os.path.join(workdir, "real.png"), data["test"]["x"][order][::max(1, len(order) // 100)][:100])
   runs: dict[str, list[dict]] = {}
   for loss in cfg.losses:
     for gamma in (cfg.gammas if loss == "began" else (None,)):
       key = run_name(loss, 0, conditional=cfg.conditional, gamma=gamma).rsplit("_seed", 1)[0]
       for seed in cfg.seeds:
-        runs.setdefault(key, []).append(train_gan(cfg, data, loss, seed, gamma, workdir, num_classes, sample_metrics))
+        result = train_gan(cfg, data, loss, seed, gamma, workdir, num_classes, sample_metrics)
+        result["tracking_spearman"] = tracking(loss, result.get("curve") or [], cfg.is_mixture)
+        runs.setdefault(key, []).append(result)
 
   keys = _TABLE_KEYS["mixture" if cfg.is_mixture else "image"]
   table = {}
@@ -483,8 +500,9 @@ def run_gan(cfg: GANConfig, workdir: str) -> dict[str, Any]:
       f"# GANs on {cfg.dataset}{'' if cfg.is_mixture else f' ({cfg.image_size}x{cfg.image_size})'}, "
       f"{cfg.num_steps} generator iterations, seeds {','.join(map(str, cfg.seeds))}",
       f"Mean ± std over seeds; {cfg.num_eval_samples} samples per evaluation.{floor} tracking ρ = Spearman over the "
-      f"eval points between the critic's held-out loss (WGAN: -critic gap; GAN: discriminator loss; BEGAN: "
-      f"M_global) and the {'high-quality rate' if cfg.is_mixture else 'FID'}.",
+      f"eval points of training between the critic's held-out divergence estimate (WGAN: E f(x) - E f(G(z)); GAN: "
+      f"log 4 - BCE; BEGAN: M_global) and the {'low-quality rate' if cfg.is_mixture else 'FID'} (> 0: the estimate "
+      f"falls as samples improve).",
       reporting.markdown_table(header, rows),
       "claims: " + json.dumps(claims))
   return summary
