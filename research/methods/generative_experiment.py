@@ -21,7 +21,8 @@ The claims in ``summary.json`` (every one computed from the runs, never assumed)
   FID (Arjovsky et al. 2017 §4.2, Fig. 3-4: "the first loss that correlates with sample quality"), the GAN
   discriminator's JS estimate should not.
 * ``clipping_vs_gp``: WGAN (clipping) vs WGAN-GP at the same critic depth: FID, and the critic weights -- clipping
-  pushes most weights to +-c (Gulrajani et al. §3, Fig. 1b), the penalty does not (``weights_at_clip``).
+  piles the weights up at +-c (Gulrajani et al. §3, Fig. 1b), the penalty does not (``weights_at_extremes``: the
+  fraction of critic weights within 1% of +-max|w|).
 * ``began_gamma``: BEGAN's gamma trades diversity (class entropy) against quality (confidence) (§3.3, Fig. 2).
 * mixtures: modes covered / high-quality rate per loss; conditional: per-class accuracy.
 
@@ -308,11 +309,15 @@ def save_grid(path: str, images: np.ndarray, ncol: int = 10) -> None:
 
 
 def _critic_weight_stats(params, clip: float, path: str | None) -> dict[str, float]:
-  """Weights (not biases) of the critic: std, fraction within 1% of +-clip; a histogram PNG."""
+  """Weights (not biases) of the critic: std, the fraction within 1% of +-clip, and the fraction within 1% of the
+  critic's own extremes +-max|w| (Gulrajani et al. Fig. 1b: clipping piles the weights up at the two extremes, the
+  penalty does not -- comparable for both); a histogram PNG."""
   leaves = [np.asarray(v).ravel() for k, v in jax.tree_util.tree_leaves_with_path(params)
             if "kernel" in jax.tree_util.keystr(k)]
   w = np.concatenate(leaves) if leaves else np.zeros(1)
-  out = {"weight_std": float(np.std(w)), "weights_at_clip": float(np.mean(np.abs(w) >= 0.99 * clip))}
+  a = np.abs(w)
+  out = {"weight_std": float(np.std(w)), "weights_at_clip": float(np.mean(a >= 0.99 * clip)),
+         "weights_at_extremes": float(np.mean(a >= 0.99 * a.max())), "weight_max_abs": float(a.max())}
   if path and fileio.main_process():
     import matplotlib
     matplotlib.use("Agg")
@@ -475,14 +480,15 @@ def run_gan(cfg: GANConfig, workdir: str) -> dict[str, Any]:
   for key, results in runs.items():
     row = {k: _mean_std([r.get(f"eval_{k}") for r in results]) for k in keys if f"eval_{k}" in results[0]}
     row["tracking_spearman"] = _mean_std([r.get("tracking_spearman") for r in results])
-    row["weights_at_clip"] = _mean_std([r.get("weights_at_clip") for r in results])
+    row["weights_at_extremes"] = _mean_std([r.get("weights_at_extremes") for r in results])
     row["critic_gap"] = _mean_std([r.get("eval_critic_gap") for r in results])
     row["wall_seconds"] = _mean_std([r.get("wall_seconds") for r in results])
     table[key] = row
   claims = _gan_claims(cfg, table)
   summary = {"config": dataclasses.asdict(cfg), "feature_network": feature_info,
              "table": {k: {m: list(v) for m, v in row.items()} for k, row in table.items()},
-             "runs": {k: [{m: r.get(m) for m in ("tracking_spearman", "weights_at_clip", "wall_seconds",
+             "runs": {k: [{m: r.get(m) for m in ("tracking_spearman", "weights_at_clip", "weights_at_extremes",
+                                                 "weight_max_abs", "wall_seconds",
                                                  *[f"eval_{x}" for x in keys])} for r in rs]
                       for k, rs in runs.items()},
              "claims": claims, "wall_seconds": round(time.time() - t0, 1)}
@@ -490,9 +496,9 @@ def run_gan(cfg: GANConfig, workdir: str) -> dict[str, Any]:
   _plot_curves(workdir, runs, "eval/high_quality_rate" if cfg.is_mixture else "eval/fid")
   fmt = lambda v: "-" if v[0] is None else f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
   cols = [k for k in keys if any(k in row for row in table.values())]
-  header = ("run", *cols, "tracking ρ", "critic weights at ±c", "wall s")
+  header = ("run", *cols, "tracking ρ", "critic weights at ±max|w|", "wall s")
   rows = [(k, *[fmt(row[c]) if c in row else "-" for c in cols], fmt(row["tracking_spearman"]),
-           fmt(row["weights_at_clip"]), f"{row['wall_seconds'][0]:.0f}") for k, row in table.items()]
+           fmt(row["weights_at_extremes"]), f"{row['wall_seconds'][0]:.0f}") for k, row in table.items()]
   floor = (f" Feature CNN test accuracy {feature_info['test_accuracy']:.3f}; FID of the real test split "
            f"{feature_info['fid_test']:.2f} (the floor at this sample size)." if feature_info else "")
   reporting.write_markdown(
@@ -525,8 +531,11 @@ def _gan_claims(cfg: GANConfig, table) -> dict[str, Any]:
     a, b = get(f"wgan{suffix}", metric), get(f"wgan_gp{suffix}", metric)
     if a is not None and b is not None:
       claims["gp_beats_clipping"] = bool(b > a) if cfg.is_mixture else bool(b < a)
-    claims["clipping_weights_at_clip"] = get(f"wgan{suffix}", "weights_at_clip")
-    claims["gp_weights_at_clip"] = get(f"wgan_gp{suffix}", "weights_at_clip")
+    claims["clipping_weights_at_extremes"] = get(f"wgan{suffix}", "weights_at_extremes")
+    claims["gp_weights_at_extremes"] = get(f"wgan_gp{suffix}", "weights_at_extremes")
+    if claims["clipping_weights_at_extremes"] is not None and claims["gp_weights_at_extremes"] is not None:
+      claims["clipping_piles_weights_at_extremes"] = bool(claims["clipping_weights_at_extremes"] >
+                                                          5 * claims["gp_weights_at_extremes"])
   began = sorted((float(k.split("gamma")[1]), k) for k in table if k.startswith("began_gamma"))
   if len(began) >= 2:
     ent = [get(k, "class_entropy") for _, k in began]
