@@ -496,7 +496,7 @@ def run_gan(cfg: GANConfig, workdir: str) -> dict[str, Any]:
   _plot_curves(workdir, runs, "eval/high_quality_rate" if cfg.is_mixture else "eval/fid")
   fmt = lambda v: "-" if v[0] is None else f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
   cols = [k for k in keys if any(k in row for row in table.values())]
-  header = ("run", *cols, "tracking ρ", "critic weights at ±max|w|", "wall s")
+  header = ("run", *cols, "tracking ρ", "critic weights within 1% of ±max abs", "wall s")
   rows = [(k, *[fmt(row[c]) if c in row else "-" for c in cols], fmt(row["tracking_spearman"]),
            fmt(row["weights_at_extremes"]), f"{row['wall_seconds'][0]:.0f}") for k, row in table.items()]
   floor = (f" Feature CNN test accuracy {feature_info['test_accuracy']:.3f}; FID of the real test split "
