@@ -157,8 +157,7 @@ class BEGANDecoder(nn.Module):
     h = h.reshape(h.shape[0], 4, 4, self.width)
     for i in range(stages):
       h = _elu_convs(h, self.width, 2, f"dec{i}", self.dtype, self.param_dtype)
-      b, s = h.shape[0], h.shape[1]
-      h = jax.image.resize(h, (b, 2 * s, 2 * s, self.width), "nearest")
+      h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)  # nearest-neighbour x2 (a gather-free gradient)
     h = _elu_convs(h, self.width, 2, f"dec{stages}", self.dtype, self.param_dtype)
     h = nn.Conv(self.channels, (3, 3), padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype,
                 name="to_image")(h)
