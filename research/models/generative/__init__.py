@@ -7,3 +7,5 @@ Importing this package registers them; the losses and the training alternation l
 
 from research.models.generative import gan as gan  # noqa: F401  (registers the GAN nets)
 from research.models.generative import vae as vae  # noqa: F401  (registers the VAE and the feature CNN)
+from research.models.generative import edit as edit  # noqa: F401  (registers the EDIT generator / discriminator)
+from research.models.generative import pqnet as pqnet  # noqa: F401  (registers PQ-NET's part AE and Seq2Seq)
