@@ -89,6 +89,7 @@ def test_adain_matches_numpy_and_sets_the_channel_statistics():
   np.testing.assert_allclose(y.std(axis=(1, 2)), scale, rtol=1e-5)  # and its scale the channel std
 
 
+@pytest.mark.slow  # ~10 s idle; the smoke test builds both nets in CI
 def test_generator_and_discriminator_shapes():
   g = models.create("edit_generator", width=4, res_blocks=1, style_dim=6, mlp_hidden=8)
   d = models.create("edit_discriminator", num_domains=3, width=4)
@@ -157,6 +158,7 @@ def test_unpaired_batches_never_pair_a_layout_across_domains(small):
   assert len(layout) == 32 and np.all(layout != ex) and set(tgt) == {1, 2}
 
 
+@pytest.mark.slow  # ~20 s idle; the smoke test runs the same step in CI
 def test_one_step_updates_both_nets_and_compiles_once(small):
   """The smoke flagfile's task (R1 on): the same program as the smoke run's, so the persistent compilation cache
   serves one of the two compilations."""

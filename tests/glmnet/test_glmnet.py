@@ -272,6 +272,7 @@ def test_model_output_no_retrace_and_bad_batch_error():
     model.apply(params, no_adj, train=False)
 
 
+@pytest.mark.slow  # ~9 s idle; the CLI smoke test trains in CI
 def test_a_few_training_steps_reduce_the_loss():
   data, model = _small("learned")
   task = matching.GraphMatchingTask(model, learning_rate=3e-3, constraint_weight=1.0)

@@ -472,6 +472,7 @@ def test_smoke_settings_run_the_experiment_in_process(tmp_path, scenes_dir):
   assert again["folds"]["1"]["table"] == fold["table"]
 
 
+@pytest.mark.slow  # ~12 s idle; kept runnable with -m slow
 def test_exclude_unseen_images_drops_them(scenes_dir, tmp_path):
   from research.methods import one_shot_experiment
   cfg = _smoke_config(scenes_dir, exclude_unseen_images=True, baselines=False, num_steps=1, folds=(3,),

@@ -240,6 +240,7 @@ def test_iterative_schedule_freezes_the_other_branch():
     state = new
 
 
+@pytest.mark.slow  # ~13 s idle; the CLI smoke test trains through the loop in CI
 def test_task_trains_through_the_loop(tmp_path):
   """Iterative SegFlow on rendered clips through ``loop.train`` (4 devices in the test session), eval included."""
   clips = _clips(3)
