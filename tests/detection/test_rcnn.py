@@ -215,7 +215,7 @@ def test_bad_inputs_are_clear_errors(mask_rcnn):
         jax.random.key(0), x, train=False))
 
 
-
+@pytest.mark.slow  # ~7 s idle (suite time); run with -m slow
 def test_deformable_backbone_stages_and_v1_starts_as_the_plain_network():
   """DCN in the ResNet stages of the detector's backbone; zero-initialised offsets (v1) = the plain network."""
   plain = models.create("resnet18", width=8, features_only=True)
@@ -257,6 +257,7 @@ def test_backbone_initialised_from_a_classification_checkpoint(tmp_path):
   assert "fpn" in params and "rpn" in params
 
 
+@pytest.mark.slow  # ~12 s idle (suite time); run with -m slow
 def test_deformable_roi_pooling_box_head_starts_as_roialign_and_learns_offsets():
   """pooler='deform' (Dai et al. 2017 §2.2): the zero-initialised offset fc makes the detector equal to the RoIAlign
   one at init; the offset branch gets gradient from the detection loss; R-FCN refuses it (one clear error)."""

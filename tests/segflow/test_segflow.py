@@ -207,6 +207,7 @@ def test_pairs_masks_and_eval_batches():
 # ------------------------------------------------------------------------------------------ task, schedules
 
 
+@pytest.mark.slow  # ~8 s idle; the CLI smoke test trains the joint model in CI
 def test_joint_loss_is_finite_and_decreases_on_one_batch():
   clips = _clips(2)
   batch = sf.gather_pairs(clips, np.array([0, 0, 1, 1]), np.array([0, 2, 1, 3]), "actor")
