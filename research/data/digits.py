@@ -146,24 +146,15 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 
 
 def _check_split(split: str) -> str:
-  if split not in SPLITS:
-    raise ValueError(f"split={split!r}: digits has splits {list(SPLITS)}")
-  return split
-
-
-def _check_config(config: str) -> str:
-  if config not in CONFIGS:
-    raise ValueError(f"digits config={config!r}; choose one of {list(CONFIGS)} (the image size)")
-  return config
+  from research.data import pipeline  # late import: pipeline imports this module
+  return pipeline.check_split(NAME, SPLITS, split)
 
 
 def builder(config: str = "8", data_dir: str | None = None) -> Digits:
   """The builder of ``config``, generated into ``data_dir`` on first use (array_record, ~1 s; with several JAX
   processes process 0 builds while the others wait, so ``data_dir`` must be shared)."""
-  _check_config(config)
-  from research.data import pipeline  # the default data_dir; a late import keeps this module light
-  data_dir = data_dir or pipeline.default_data_dir()
-  return pipeline.build_on_first_use(lambda: Digits(config=config, data_dir=data_dir), f"{NAME}/{config}", data_dir)
+  from research.data import pipeline  # late import: pipeline imports this module
+  return pipeline.config_builder(Digits, NAME, CONFIGS, config, data_dir, hint=" (the image size)")
 
 
 def get_source(split: str, data_dir: str | None = None, config: str = "8"):

@@ -318,9 +318,8 @@ class Shapes3DParts(tfds.core.GeneratorBasedBuilder):
 
 
 def _check_split(split: str) -> str:
-  if split not in SPLITS:
-    raise ValueError(f"split={split!r}: {NAME} has splits {list(SPLITS)}")
-  return split
+  from research.data import pipeline  # late import: pipeline imports this module
+  return pipeline.check_split(NAME, SPLITS, split)
 
 
 def _check_config(config: str) -> str:
@@ -332,11 +331,8 @@ def _check_config(config: str) -> str:
 def builder(config: str = "default", data_dir: str | None = None) -> Shapes3DParts:
   """The builder of ``config``, generated into ``data_dir`` on first use (array_record; with several JAX
   processes process 0 builds while the others wait, so ``data_dir`` must be shared)."""
-  _check_config(config)
-  from research.data import pipeline  # the default data_dir; a late import keeps this module light
-  data_dir = data_dir or pipeline.default_data_dir()
-  return pipeline.build_on_first_use(lambda: Shapes3DParts(config=config, data_dir=data_dir), f"{NAME}/{config}",
-                                     data_dir)
+  from research.data import pipeline  # late import: pipeline imports this module
+  return pipeline.config_builder(Shapes3DParts, NAME, CONFIGS, config, data_dir)
 
 
 def get_source(split: str, data_dir: str | None = None, config: str = "default"):

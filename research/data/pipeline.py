@@ -152,6 +152,23 @@ def build_on_first_use(make_builder: Callable[[], Any], label: str, data_dir: st
   return builder
 
 
+def check_split(name: str, splits, split: str) -> str:
+  """``split`` if the offline dataset ``name`` has it, else one ValueError naming the splits."""
+  if split not in splits:
+    raise ValueError(f"split={split!r}: {name} has splits {list(splits)}")
+  return split
+
+
+def config_builder(cls, name: str, configs, config: str, data_dir: str | None, hint: str = ""):
+  """The offline builder ``cls(config=config)`` of dataset ``name``, generated into ``data_dir`` (default
+  ``default_data_dir()``) on first use (``build_on_first_use``); one ValueError naming ``configs`` for an unknown
+  config. Shared by the configured offline datasets (``digits``, ``shapes3d_parts``, ``shapes_styles``)."""
+  if config not in configs:
+    raise ValueError(f"{name} config={config!r}; choose one of {list(configs)}{hint}")
+  data_dir = data_dir or default_data_dir()
+  return build_on_first_use(lambda: cls(config=config, data_dir=data_dir), f"{name}/{config}", data_dir)
+
+
 def _procedural_builder(name: str, data_dir: str):
   """The offline dataset ``name`` (``PROCEDURAL``; ``base/config`` picks a TFDS builder config, e.g. ``digits/32``),
   built on first use (``build_on_first_use``)."""

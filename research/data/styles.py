@@ -170,24 +170,14 @@ def _check_domain(domain: str) -> str:
 
 
 def _check_split(split: str) -> str:
-  if split not in SPLITS:
-    raise ValueError(f"split={split!r}: shapes_styles has splits {list(SPLITS)}")
-  return split
-
-
-def _check_config(config: str) -> str:
-  if config not in CONFIGS:
-    raise ValueError(f"shapes_styles config={config!r}; choose one of {list(CONFIGS)}")
-  return config
+  from research.data import pipeline  # late import: pipeline imports this module
+  return pipeline.check_split(NAME, SPLITS, split)
 
 
 def builder(config: str = "32", data_dir: str | None = None) -> ShapesStyles:
   """The builder of ``config``, generated into ``data_dir`` on first use (array_record; ~5 s for ``32``)."""
-  _check_config(config)
-  from research.data import pipeline  # the default data_dir; a late import keeps this module light
-  data_dir = data_dir or pipeline.default_data_dir()
-  return pipeline.build_on_first_use(lambda: ShapesStyles(config=config, data_dir=data_dir), f"{NAME}/{config}",
-                                     data_dir)
+  from research.data import pipeline  # late import: pipeline imports this module
+  return pipeline.config_builder(ShapesStyles, NAME, CONFIGS, config, data_dir)
 
 
 def load_arrays(split: str, data_dir: str | None = None, config: str = "32", *,
