@@ -261,11 +261,6 @@ def train_run(cfg: EDITConfig, data, seed: int, workdir: str, sample_metrics) ->
   return results
 
 
-def _mean_std(values):
-  a = np.asarray([v for v in values if v is not None], np.float64)
-  return (float(a.mean()), float(a.std())) if len(a) else (None, None)
-
-
 def run(cfg: EDITConfig, workdir: str) -> dict[str, Any]:
   """Trains one EDIT model per seed; returns (and writes) the summary with the claims."""
   t0 = time.time()
@@ -284,11 +279,11 @@ def run(cfg: EDITConfig, workdir: str) -> dict[str, Any]:
   for label, prefix in (("EDIT", ""), ("identity (copy the input)", "identity_")):
     row = {}
     for key in TABLE_KEYS:
-      row[key] = _mean_std([r.get(f"eval_{prefix}{key}") for r in runs])
+      row[key] = reporting.mean_std([r.get(f"eval_{prefix}{key}") for r in runs])
       for t in targets:
-        row[f"{key}_{t}"] = _mean_std([r.get(f"eval_{prefix}{key}_{t}") for r in runs])
+        row[f"{key}_{t}"] = reporting.mean_std([r.get(f"eval_{prefix}{key}_{t}") for r in runs])
     for t in targets:
-      row[f"exemplar_background_corr_{t}"] = _mean_std([r.get(f"eval_{prefix}exemplar_background_corr_{t}")
+      row[f"exemplar_background_corr_{t}"] = reporting.mean_std([r.get(f"eval_{prefix}exemplar_background_corr_{t}")
                                                         for r in runs])
     table[label] = row
   model, ident = table["EDIT"], table["identity (copy the input)"]

@@ -48,6 +48,7 @@ from research.configs import setting
 from research.data import memory
 from research.data.memory import ArrayBatches
 from research.methods import reporting
+from research.methods.classical import manifold as classical_manifold
 from research.models import registry
 from research.models.generative import gan as gan_models  # noqa: F401  (registers the models)
 from research.models.generative import vae as vae_models
@@ -285,10 +286,7 @@ def _spearman(a, b) -> float | None:
   ok = np.isfinite(a) & np.isfinite(b)
   if ok.sum() < 3:
     return None
-  ra, rb = np.argsort(np.argsort(a[ok])), np.argsort(np.argsort(b[ok]))
-  if ra.std() == 0 or rb.std() == 0:
-    return None
-  return float(np.corrcoef(ra, rb)[0, 1])
+  return classical_manifold.spearman(a[ok], b[ok])  # rank correlation of the finite pairs
 
 
 def save_grid(path: str, images: np.ndarray, ncol: int = 10) -> None:
@@ -434,11 +432,6 @@ def tracking(loss: str, curve: list[dict], mixture: bool) -> float | None:
   return _spearman([divergence_estimate(loss, r) for r in curve], quality)
 
 
-def _mean_std(values):
-  a = np.asarray([v for v in values if v is not None], np.float64)
-  return (float(a.mean()), float(a.std())) if len(a) else (None, None)
-
-
 _TABLE_KEYS = {"image": ("fid", "inception_score", "confidence", "class_entropy", "classes_covered", "class_accuracy"),
                "mixture": ("modes_covered", "high_quality_rate", "mode_kl")}
 
@@ -478,11 +471,11 @@ def run_gan(cfg: GANConfig, workdir: str) -> dict[str, Any]:
   keys = _TABLE_KEYS["mixture" if cfg.is_mixture else "image"]
   table = {}
   for key, results in runs.items():
-    row = {k: _mean_std([r.get(f"eval_{k}") for r in results]) for k in keys if f"eval_{k}" in results[0]}
-    row["tracking_spearman"] = _mean_std([r.get("tracking_spearman") for r in results])
-    row["weights_at_extremes"] = _mean_std([r.get("weights_at_extremes") for r in results])
-    row["critic_gap"] = _mean_std([r.get("eval_critic_gap") for r in results])
-    row["wall_seconds"] = _mean_std([r.get("wall_seconds") for r in results])
+    row = {k: reporting.mean_std([r.get(f"eval_{k}") for r in results]) for k in keys if f"eval_{k}" in results[0]}
+    row["tracking_spearman"] = reporting.mean_std([r.get("tracking_spearman") for r in results])
+    row["weights_at_extremes"] = reporting.mean_std([r.get("weights_at_extremes") for r in results])
+    row["critic_gap"] = reporting.mean_std([r.get("eval_critic_gap") for r in results])
+    row["wall_seconds"] = reporting.mean_std([r.get("wall_seconds") for r in results])
     table[key] = row
   claims = _gan_claims(cfg, table)
   summary = {"config": dataclasses.asdict(cfg), "feature_network": feature_info,
@@ -645,10 +638,10 @@ def run_vae(cfg: VAEConfig, workdir: str) -> dict[str, Any]:
       sweeps.setdefault(latent, []).append(done["iwae_sweep"])
   table = {}
   for latent, results in runs.items():
-    row = {k: _mean_std([r[f"eval_{k}"] for r in results]) for k in ("neg_elbo", "nll_iwae", "kl", "active_units")}
-    row["wall_seconds"] = _mean_std([r["wall_seconds"] for r in results])
+    row = {k: reporting.mean_std([r[f"eval_{k}"] for r in results]) for k in ("neg_elbo", "nll_iwae", "kl", "active_units")}
+    row["wall_seconds"] = reporting.mean_std([r["wall_seconds"] for r in results])
     for k in cfg.iwae_sweep:
-      row[f"iwae_k{k}"] = _mean_std([s[str(k)] for s in sweeps[latent]])
+      row[f"iwae_k{k}"] = reporting.mean_std([s[str(k)] for s in sweeps[latent]])
     table[latent] = row
   claims = {
       "iwae_tighter_than_elbo": {str(z): bool(row["nll_iwae"][0] < row["neg_elbo"][0]) for z, row in table.items()},

@@ -11,6 +11,8 @@ import json
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+
 from research import fileio
 
 
@@ -32,6 +34,13 @@ def write_summary(workdir: str, summary: Mapping[str, Any]) -> None:
   """Writes ``workdir/summary.json`` atomically (``research.fileio.write_json_atomic``: temporary file + rename)."""
   if fileio.main_process():
     fileio.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+  """``(mean, population std)`` of the values that are not None (float64), or ``(None, None)`` if there are none:
+  the per-row aggregate over seeds of the experiment summaries."""
+  a = np.asarray([v for v in values if v is not None], np.float64)
+  return (float(a.mean()), float(a.std())) if len(a) else (None, None)
 
 
 def stored_results(out: str, run_config: Mapping[str, Any]) -> dict[str, Any] | None:
