@@ -294,7 +294,8 @@ def deform_conv2d(x, offset, weight, *, mask=None, bias=None, stride=(1, 1), pad
     bias: ``[Cout]`` or None.
     groups: convolution groups; offset_groups: channel groups sharing one offset field
       (channel c uses group ``c // (Cin/offset_groups)``).
-    impl: "auto" | "reference" | "ffi".
+    impl: "auto" | "reference" | "xla" | "ffi" | "pallas": "auto" runs the C++ kernel on CPU, the Pallas
+      kernel on GPU when it compiles there, else the gather-based im2col + GEMM ("xla" = "reference" here).
   Returns:
     ``[B, Ho, Wo, Cout]`` in the dtype of ``x`` (float32 accumulation for bf16/f16).
   """
@@ -306,10 +307,18 @@ def deform_conv2d(x, offset, weight, *, mask=None, bias=None, stride=(1, 1), pad
   _check(x, offset, weight, mask, bias, stride, padding, dilation, groups, offset_groups)
   if mask is None:
     mask = jnp.ones(offset.shape[:3] + (offset.shape[3] // 2,), offset.dtype)
-  supported = np.dtype(x.dtype) in FFI_DTYPES
-  if impl == "ffi" and not supported:
-    raise ValueError(f"deform_conv2d(impl='ffi'): the C++ kernel takes float32/bfloat16/float16 x, got {x.dtype}")
-  if _ffi.use_ffi(impl, "deform_conv2d") and supported:
+  path = _ffi.resolve(impl, "deform_conv2d", x.dtype, ffi_dtypes=FFI_DTYPES, pallas_probe=_pallas_probe)
+  if path == "ffi":
     return _deform_conv2d_ffi(x, offset.astype(jnp.float32), weight, mask.astype(jnp.float32), bias, stride, padding,
                               dilation, groups, offset_groups).astype(x.dtype)
+  if path == "pallas":
+    from research.ops import pallas_kernels  # noqa: PLC0415 - optional, imported on first use
+    return pallas_kernels.deform_conv2d_pallas(x, offset, weight, mask, bias, stride, padding, dilation, groups,
+                                               offset_groups, interpret=jax.default_backend() == "cpu")
+  # "reference" and "xla" are the same computation: gather-based im2col (4 corners per tap) + one GEMM per group
   return _deform_conv2d_reference(x, offset, weight, mask, bias, stride, padding, dilation, groups, offset_groups)
+
+
+def _pallas_probe():
+  from research.ops import pallas_kernels  # noqa: PLC0415
+  return pallas_kernels.probe_deform()

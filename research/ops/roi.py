@@ -46,13 +46,21 @@ def _check_roi_args(op, features, boxes, box_indices, output_size):
   return ph, pw
 
 
-def _use_ffi(impl, op, features):
-  if impl == "ffi" and np.dtype(features.dtype) not in FFI_DTYPES:
-    raise ValueError(f"{op}(impl='ffi'): the C++ kernel takes float32/bfloat16/float16 features, "
-                     f"got {features.dtype} (use impl='reference')")
-  if not _ffi.use_ffi(impl, op):
-    return False
-  return np.dtype(features.dtype) in FFI_DTYPES
+def _pallas_probe_roi():
+  from research.ops import pallas_kernels  # noqa: PLC0415 - optional, imported on first use
+  return pallas_kernels.probe_roi_align()
+
+
+def _path(impl, op, features, pallas=True):
+  """The implementation that runs (see ``research.ops._ffi.resolve``); raises before tracing on misuse."""
+  return _ffi.resolve(impl, op, features.dtype, ffi_dtypes=FFI_DTYPES,
+                      pallas_probe=_pallas_probe_roi if pallas else None)
+
+
+def _check_bound(op, bound):
+  if int(bound) < 1:
+    raise ValueError(f"{op}: adaptive_grid_bound must be a positive int, got {bound}")
+  return int(bound)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -169,6 +177,92 @@ def _ps_roi_align_reference(features, boxes, box_indices, ph, pw, spatial_scale,
 
 
 # ----------------------------------------------------------------------------------------------------------
+# XLA path: gathers of the 4 bilinear corners of each sample (cost ~ K*ph*pw*samples*C, not ~ H*W)
+# ----------------------------------------------------------------------------------------------------------
+ADAPTIVE_GRID_BOUND = 4  # default static bound on the adaptive grid per bin and axis (see roi_align)
+
+
+def _axis_taps(start, bin_size, grid, n_bins, size, sampling_ratio, bound):
+  """[K] start, bin size, samples per bin -> rows ``[K, nb, G, 2]`` int32 and weights ``[K, nb, G, 2]``.
+
+  ``G`` is ``sampling_ratio`` or the static ``bound`` on the adaptive grid; samples ``iy >= grid`` get weight 0.
+  The two taps are the bilinear corners ``floor(y)`` and ``floor(y) + 1`` under torchvision's rules (see
+  ``_axis_contrib``): samples outside ``[-1, size]`` give nothing, ``y`` is clamped to ``>= 0``, and a sample at
+  or beyond the last row puts all its weight on row ``size - 1``.
+  """
+  dt = start.dtype
+  base = start[:, None] + jnp.arange(n_bins, dtype=dt)[None, :] * bin_size[:, None]  # [K, nb]
+  if sampling_ratio > 0:
+    iy = jnp.arange(sampling_ratio, dtype=dt)
+    y = base[..., None] + exact_div((iy + 0.5) * bin_size[:, None, None], float(sampling_ratio))
+    used = jnp.ones(y.shape, bool)
+  else:
+    iy = jnp.arange(bound, dtype=dt)
+    g = jnp.maximum(grid, 1.0)[:, None, None]
+    y = base[..., None] + exact_div((iy + 0.5) * bin_size[:, None, None], g)
+    used = iy < grid[:, None, None]
+  inside = used & (y >= -1.0) & (y <= size)
+  y = jnp.maximum(jnp.where(inside, y, 0.0), 0.0)
+  y0 = jnp.floor(y)
+  top = y0 >= size - 1
+  y0 = jnp.where(top, size - 1, y0)
+  ly = jnp.where(top, 0.0, y - y0)
+  y1 = jnp.where(top, y0, y0 + 1)
+  rows = jnp.stack([y0, y1], axis=-1).astype(jnp.int32)
+  wts = jnp.where(inside[..., None], jnp.stack([1.0 - ly, ly], axis=-1), 0.0)
+  return rows, wts
+
+
+def _gather_pool(flat, rows_y, wy, rows_x, wx, n_idx, inv_count, h, w, ps):
+  """Weighted 4-corner gather for a chunk of ROIs.
+
+  flat ``[N*H*W, C]`` (or ``[N*H*W*ph*pw, C_out]`` when ``ps``), rows/weights ``[k, ph, G, 2]`` / ``[k, pw, G, 2]``
+  -> ``[k, ph, pw, C]``.
+  """
+  k, ph = rows_y.shape[:2]
+  pw = rows_x.shape[1]
+  pix = (n_idx[:, None, None, None, None, None, None] * h + rows_y[:, :, None, :, :, None, None]) * w \
+      + rows_x[:, None, :, None, None, :, :]  # [k, ph, pw, Gy, 2, Gx, 2]
+  if ps:  # channel block (i, j) of the position-sensitive layout
+    ij = (jnp.arange(ph)[:, None] * pw + jnp.arange(pw)[None, :])[None, :, :, None, None, None, None]
+    pix = pix * (ph * pw) + ij
+  wgt = wy[:, :, None, :, :, None, None] * wx[:, None, :, None, None, :, :] * inv_count[:, None, None, None, None,
+                                                                                         None, None]
+  vals = flat[pix]  # [k, ph, pw, Gy, 2, Gx, 2, C]
+  return jnp.einsum("kijyaxb,kijyaxbc->kijc", wgt, vals, precision=HIGHEST)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))
+def _roi_align_xla(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned, ps, bound):
+  n, h, w, c = features.shape
+  dt = compute_dtype(features.dtype)
+  (y1, bh, gh), (x1, bw, gw), inv_count = _roi_geometry(
+      boxes, box_indices, n, ph, pw, spatial_scale, sampling_ratio, aligned, dt)
+  g = sampling_ratio if sampling_ratio > 0 else bound
+  ry, wy = _axis_taps(y1, bh, gh, ph, h, sampling_ratio, g)
+  rx, wx = _axis_taps(x1, bw, gw, pw, w, sampling_ratio, g)
+  n_idx = jnp.clip(box_indices, 0, n - 1).astype(jnp.int32)
+  if ps:
+    co = c // (ph * pw)
+    flat = features.astype(dt).reshape(n, h, w, co, ph * pw).transpose(0, 1, 2, 4, 3).reshape(n * h * w * ph * pw, co)
+  else:
+    co = c
+    flat = features.astype(dt).reshape(n * h * w, c)
+  per_roi = ph * pw * g * g * 4 * co
+  chunk = max(1, _ELEMS_PER_CHUNK // per_roi)
+  out = chunked_map(lambda *a: _gather_pool(flat, *a, h, w, ps), (ry, wy, rx, wx, n_idx, inv_count),
+                    boxes.shape[0], chunk)
+  if sampling_ratio <= 0:  # a grid beyond the static bound: the exact separable path for this call
+    over = jnp.any((inv_count > 0) & ((gh > bound) | (gw > bound)))
+    exact = ((lambda: _ps_roi_align_reference(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio))
+             if ps else
+             (lambda: _roi_align_reference(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio,
+                                           aligned)))
+    out = jax.lax.cond(over, lambda: exact().astype(dt), lambda: out)
+  return out.astype(features.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # FFI path
 # ----------------------------------------------------------------------------------------------------------
 def _roi_attrs(ph, pw, spatial_scale, sampling_ratio, aligned, mode):
@@ -213,7 +307,7 @@ _roi_align_ffi.defvjp(_roi_align_ffi_fwd, _roi_align_ffi_bwd)
 # public API
 # ----------------------------------------------------------------------------------------------------------
 def roi_align(features, boxes, box_indices, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
-              aligned=True, impl="auto"):
+              aligned=True, impl="auto", adaptive_grid_bound=ADAPTIVE_GRID_BOUND):
   """RoIAlign (He et al. 2017, Mask R-CNN): bilinear average pooling of each box into a fixed grid.
 
   Args:
@@ -223,37 +317,54 @@ def roi_align(features, boxes, box_indices, output_size, *, spatial_scale=1.0, s
     output_size: ``(ph, pw)`` or an int.
     sampling_ratio: samples per bin and axis; ``<= 0`` uses ``ceil(roi_size / output_size)`` per ROI.
     aligned: shift by -0.5 pixel (the Detectron2 / torchvision ``aligned=True`` convention).
-    impl: "auto" | "reference" | "ffi".
+    impl: "auto" | "reference" | "xla" | "ffi" | "pallas" (see ``research/ops/README.md``): "auto" runs the C++
+      kernel on CPU, the Pallas kernel on GPU when it compiles there, else "xla" (4-corner gathers).
+    adaptive_grid_bound: static bound on the adaptive grid per bin and axis for the "xla"/"pallas" paths. A
+      call whose grid exceeds it anywhere takes the exact separable path instead (``lax.cond``; under ``vmap``
+      over boxes both run), so the bound changes speed, never the result. 4 covers FPN-assigned boxes.
   Returns:
     ``[K, ph, pw, C]`` in the dtype of ``features`` (float32 accumulation).
   """
   features, boxes, box_indices = jnp.asarray(features), jnp.asarray(boxes), jnp.asarray(box_indices)
   ph, pw = _check_roi_args("roi_align", features, boxes, box_indices, output_size)
-  if _use_ffi(impl, "roi_align", features):
-    return _roi_align_ffi(features, boxes, box_indices, ph, pw, float(spatial_scale), int(sampling_ratio),
-                          bool(aligned), _MODE_ALIGN)
-  return _roi_align_reference(features, boxes, box_indices, ph, pw, float(spatial_scale),
-                              int(sampling_ratio), bool(aligned))
+  bound = _check_bound("roi_align", adaptive_grid_bound)
+  args = (ph, pw, float(spatial_scale), int(sampling_ratio), bool(aligned))
+  return _dispatch_align("roi_align", features, boxes, box_indices, args, _MODE_ALIGN, impl, bound)
+
+
+def _dispatch_align(op, features, boxes, box_indices, args, mode, impl, bound):
+  path = _path(impl, op, features)
+  ph, pw, scale, sr, aligned = args
+  if path == "ffi":
+    return _roi_align_ffi(features, boxes, box_indices, ph, pw, scale, sr, aligned, mode)
+  if path == "pallas":
+    from research.ops import pallas_kernels  # noqa: PLC0415
+    out = pallas_kernels.roi_align_pallas(features, boxes, box_indices.astype(jnp.int32), ph, pw, scale, sr,
+                                          aligned, mode, interpret=jax.default_backend() == "cpu")
+    return out.astype(features.dtype)
+  if path == "xla":
+    return _roi_align_xla(features, boxes, box_indices, ph, pw, scale, sr, aligned, mode == _MODE_PS, bound)
+  if mode == _MODE_PS:
+    return _ps_roi_align_reference(features, boxes, box_indices, ph, pw, scale, sr)
+  return _roi_align_reference(features, boxes, box_indices, ph, pw, scale, sr, aligned)
 
 
 def ps_roi_align(features, boxes, box_indices, output_size, *, spatial_scale=1.0, sampling_ratio=-1,
-                 impl="auto"):
+                 impl="auto", adaptive_grid_bound=ADAPTIVE_GRID_BOUND):
   """Position-sensitive RoIAlign (Dai et al. 2016, R-FCN, with RoIAlign sampling); always aligned.
 
   ``features`` ``[N, H, W, C]`` with ``C = C_out * ph * pw``; output bin (i, j) of channel ``c_out`` reads
   input channel ``(c_out * ph + i) * pw + j``. Returns ``[K, ph, pw, C_out]``. Empty grids give 0
-  (torchvision divides by a zero count there).
+  (torchvision divides by a zero count there). ``impl`` and ``adaptive_grid_bound`` as in ``roi_align``.
   """
   features, boxes, box_indices = jnp.asarray(features), jnp.asarray(boxes), jnp.asarray(box_indices)
   ph, pw = _check_roi_args("ps_roi_align", features, boxes, box_indices, output_size)
   if features.shape[-1] % (ph * pw):
     raise ValueError(f"ps_roi_align: channels C={features.shape[-1]} of features {features.shape} must be "
                      f"divisible by ph*pw = {ph}*{pw}")
-  if _use_ffi(impl, "ps_roi_align", features):
-    return _roi_align_ffi(features, boxes, box_indices, ph, pw, float(spatial_scale), int(sampling_ratio),
-                          True, _MODE_PS)
-  return _ps_roi_align_reference(features, boxes, box_indices, ph, pw, float(spatial_scale),
-                                 int(sampling_ratio))
+  bound = _check_bound("ps_roi_align", adaptive_grid_bound)
+  args = (ph, pw, float(spatial_scale), int(sampling_ratio), True)
+  return _dispatch_align("ps_roi_align", features, boxes, box_indices, args, _MODE_PS, impl, bound)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -312,6 +423,47 @@ def _roi_pool_reference(features, boxes, box_indices, ph, pw, spatial_scale):
   return out.astype(features.dtype)
 
 
+POOL_WINDOW_BOUND = 8  # default static bound on the cells per bin and axis of RoIPool's "xla" path
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+def _roi_pool_xla(features, boxes, box_indices, ph, pw, spatial_scale, bound):
+  """RoIPool by gathering each bin's window (at most ``bound`` x ``bound`` cells), masked; the first maximum
+  in row-major order is picked (so the gradient goes there). A window beyond the bound anywhere in the call
+  takes the exact reference path (``lax.cond``)."""
+  n, h, w, c = features.shape
+  (hs, he), (ws, we) = _roi_pool_windows(boxes, ph, pw, spatial_scale, h, w)  # [K, ph], [K, pw]
+  valid = jnp.all(jnp.isfinite(boxes), axis=-1) & (box_indices >= 0) & (box_indices < n)
+  idx = jnp.clip(box_indices, 0, n - 1).astype(jnp.int32)
+  steps = jnp.arange(bound, dtype=jnp.float32)
+  rows, cols = hs[..., None] + steps, ws[..., None] + steps  # [K, ph, B], [K, pw, B]
+  row_ok, col_ok = rows < he[..., None], cols < we[..., None]
+  flat = features.reshape(n * h * w, c)
+  lowest = jnp.finfo(jnp.float32).min
+
+  def block(rows, cols, row_ok, col_ok, idx, valid, hs, he, ws, we):
+    r = jnp.clip(rows, 0, h - 1).astype(jnp.int32)
+    q = jnp.clip(cols, 0, w - 1).astype(jnp.int32)
+    pix = (idx[:, None, None, None, None] * h + r[:, :, None, :, None]) * w + q[:, None, :, None, :]
+    k = pix.shape[0]
+    vals = flat[pix.reshape(k, ph, pw, bound * bound)].astype(jnp.float32)  # [k, ph, pw, B*B, C] row-major
+    ok = (row_ok[:, :, None, :, None] & col_ok[:, None, :, None, :]).reshape(k, ph, pw, bound * bound, 1)
+    fs = jax.lax.stop_gradient(jnp.where(ok & ~jnp.isnan(vals), vals, -jnp.inf))
+    arg = jnp.argmax(fs, axis=3)  # first maximum in row-major order
+    bmax = jnp.max(fs, axis=3)
+    picked = jnp.take_along_axis(vals, arg[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    out = jnp.where(bmax > lowest, picked, lowest)
+    empty = (he <= hs)[:, :, None, None] | (we <= ws)[:, None, :, None]
+    return jnp.where(empty | ~valid[:, None, None, None], 0.0, out)
+
+  chunk = max(1, _ELEMS_PER_CHUNK // (ph * pw * bound * bound * c))
+  out = chunked_map(block, (rows, cols, row_ok, col_ok, idx, valid, hs, he, ws, we), boxes.shape[0], chunk)
+  over = jnp.any(valid & (jnp.any(he - hs > bound, axis=-1) | jnp.any(we - ws > bound, axis=-1)))
+  out = jax.lax.cond(over, lambda: _roi_pool_reference(features, boxes, box_indices, ph, pw,
+                                                       spatial_scale).astype(jnp.float32), lambda: out)
+  return out.astype(features.dtype)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _roi_pool_ffi(features, boxes, box_indices, ph, pw, spatial_scale):
   return _roi_pool_ffi_fwd(features, boxes, box_indices, ph, pw, spatial_scale)[0]
@@ -337,16 +489,24 @@ def _roi_pool_ffi_bwd(ph, pw, spatial_scale, res, g):
 _roi_pool_ffi.defvjp(_roi_pool_ffi_fwd, _roi_pool_ffi_bwd)
 
 
-def roi_pool(features, boxes, box_indices, output_size, *, spatial_scale=1.0, impl="auto"):
+def roi_pool(features, boxes, box_indices, output_size, *, spatial_scale=1.0, impl="auto",
+             window_bound=POOL_WINDOW_BOUND):
   """RoIPool (Girshick 2015, Fast R-CNN): max over integer bins of the rounded, scaled box.
 
   ``features`` ``[N, H, W, C]``, ``boxes`` ``[K, 4]``, ``box_indices`` ``[K]`` -> ``[K, ph, pw, C]``.
   torchvision rules: corners rounded half away from zero, size ``max(x2 - x1 + 1, 1)``, bin edges
   ``floor(i * bin)`` / ``ceil((i + 1) * bin)`` clipped to the map, empty bins give 0, the gradient goes to
   the first maximum in row-major order. NaN features are ignored; non-finite boxes give 0.
+  ``impl``: "auto" | "reference" | "xla" | "ffi" (no Pallas kernel). ``window_bound``: static bound on the cells
+  per bin and axis of the "xla" path; a larger window anywhere takes the exact reference path (speed only).
   """
   features, boxes, box_indices = jnp.asarray(features), jnp.asarray(boxes), jnp.asarray(box_indices)
   ph, pw = _check_roi_args("roi_pool", features, boxes, box_indices, output_size)
-  if _use_ffi(impl, "roi_pool", features):
+  if int(window_bound) < 1:
+    raise ValueError(f"roi_pool: window_bound must be a positive int, got {window_bound}")
+  path = _path(impl, "roi_pool", features, pallas=False)
+  if path == "ffi":
     return _roi_pool_ffi(features, boxes, box_indices, ph, pw, float(spatial_scale))
+  if path == "xla":
+    return _roi_pool_xla(features, boxes, box_indices, ph, pw, float(spatial_scale), int(window_bound))
   return _roi_pool_reference(features, boxes, box_indices, ph, pw, float(spatial_scale))

@@ -12,7 +12,7 @@ import ops_npref as npref
 from research import ops
 
 FFI = pytest.param("ffi", marks=pytest.mark.skipif(not ops.ffi_available(), reason="extension not built"))
-IMPLS = ["reference", FFI]
+IMPLS = ["reference", "xla", FFI]
 # float16 on the reference path is the float32 computation again (as bf16): slow-only there
 LOW_PRECISION = [("reference", jnp.bfloat16), pytest.param("reference", jnp.float16, marks=pytest.mark.slow)] + [
     pytest.param("ffi", d, marks=pytest.mark.skipif(not ops.ffi_available(), reason="extension not built"))
