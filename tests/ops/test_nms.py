@@ -9,7 +9,7 @@ import ops_npref as npref
 from research import ops
 
 FFI = pytest.param("ffi", marks=pytest.mark.skipif(not ops.ffi_available(), reason="extension not built"))
-IMPLS = ["reference", FFI]
+IMPLS = ["reference", "xla", FFI]
 
 
 def _random_boxes(n, seed, lo=-50.0, hi=150.0):
