@@ -14,7 +14,7 @@ import pytest
 from research import ops
 
 FFI = pytest.param("ffi", marks=pytest.mark.skipif(not ops.ffi_available(), reason="extension not built"))
-IMPLS = ["reference", FFI]
+IMPLS = ["reference", "xla", FFI]
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "data", "torchvision_golden.npz"))
 
 
