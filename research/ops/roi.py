@@ -213,6 +213,45 @@ def _axis_taps(start, bin_size, grid, n_bins, size, sampling_ratio, bound):
   return rows, wts
 
 
+def _axis_window(start, bin_size, grid, n_bins, size, win):
+  """Adaptive grid: per bin, the first row ``r0 [K, nb]`` of a window of ``win`` rows and the summed sampling
+  weights ``[K, nb, win]`` those rows receive (rows past the map get 0).
+
+  Bin ``i``'s samples lie in ``(base, base + bin)`` with ``bin <= grid``, so they touch rows
+  ``floor(max(base, 0)) .. floor(base + bin) + 1``: at most ``grid + 2`` rows. The weights are those of
+  ``_axis_weights`` (each row gathers the <= 5 samples within distance 1 of it), on the window's rows only.
+  """
+  dt = start.dtype
+  base = start[:, None] + jnp.arange(n_bins, dtype=dt)[None, :] * bin_size[:, None]  # [K, nb]
+  r0 = jnp.clip(jnp.floor(jnp.maximum(base, 0.0)), 0, size - 1)
+  rows = r0[..., None] + jnp.arange(win, dtype=dt)  # [K, nb, win]
+  g = grid[:, None, None]
+  g_safe = jnp.maximum(g, 1.0)
+  spacing = bin_size[:, None, None] / g_safe
+  centre = jnp.floor((rows - base[..., None]) / spacing - 0.5)
+  centre = jnp.clip(jnp.nan_to_num(centre, nan=0.0, posinf=0.0, neginf=0.0), 0.0, g - 1.0)
+  cand = centre[..., None] + jnp.arange(-3, 4, dtype=dt)  # [K, nb, win, 7]
+  valid = (cand >= 0) & (cand < g[..., None])
+  y = base[..., None, None] + exact_div((cand + 0.5) * bin_size[:, None, None, None], g_safe[..., None])
+  wts = jnp.where(valid, _axis_contrib(y, rows[..., None], size), 0.0).sum(axis=-1)
+  return r0.astype(jnp.int32), wts
+
+
+def _window_pool(flat, r0y, wy, r0x, wx, n_idx, inv_count, h, w, ps):
+  """Separable weights on a window per bin: ``[k, ph, win]`` x ``[k, pw, win]`` -> ``[k, ph, pw, C]``."""
+  k, ph, win = wy.shape
+  pw = wx.shape[1]
+  ry = jnp.minimum(r0y[..., None] + jnp.arange(win), h - 1)  # [k, ph, win] (clamped rows carry weight 0)
+  rx = jnp.minimum(r0x[..., None] + jnp.arange(win), w - 1)
+  pix = (n_idx[:, None, None, None, None] * h + ry[:, :, None, :, None]) * w + rx[:, None, :, None, :]
+  if ps:
+    ij = (jnp.arange(ph)[:, None] * pw + jnp.arange(pw)[None, :])[None, :, :, None, None]
+    pix = pix * (ph * pw) + ij
+  vals = flat[pix]  # [k, ph, pw, win, win, C]
+  wgt = wy[:, :, None, :, None] * wx[:, None, :, None, :] * inv_count[:, None, None, None, None]
+  return jnp.einsum("kijtu,kijtuc->kijc", wgt, vals, precision=HIGHEST)
+
+
 def _gather_pool(flat, rows_y, wy, rows_x, wx, n_idx, inv_count, h, w, ps):
   """Weighted 4-corner gather for a chunk of ROIs.
 
@@ -232,15 +271,16 @@ def _gather_pool(flat, rows_y, wy, rows_x, wx, n_idx, inv_count, h, w, ps):
   return jnp.einsum("kijyaxb,kijyaxbc->kijc", wgt, vals, precision=HIGHEST)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9))
-def _roi_align_xla(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned, ps, bound):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8, 9, 10))
+def _roi_align_xla(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio, aligned, ps, bound,
+                   fallback=True):
+  """Fixed grid: 4-corner gathers per sample. Adaptive grid (bounded by ``bound``): separable weights on a
+  ``(bound + 2)^2`` window of cells per bin. ``fallback=False`` drops the exact ``lax.cond`` branch (for counting
+  the gather path's cost alone; wrong for grids beyond the bound)."""
   n, h, w, c = features.shape
   dt = compute_dtype(features.dtype)
   (y1, bh, gh), (x1, bw, gw), inv_count = _roi_geometry(
       boxes, box_indices, n, ph, pw, spatial_scale, sampling_ratio, aligned, dt)
-  g = sampling_ratio if sampling_ratio > 0 else bound
-  ry, wy = _axis_taps(y1, bh, gh, ph, h, sampling_ratio, g)
-  rx, wx = _axis_taps(x1, bw, gw, pw, w, sampling_ratio, g)
   n_idx = jnp.clip(box_indices, 0, n - 1).astype(jnp.int32)
   if ps:
     co = c // (ph * pw)
@@ -248,11 +288,20 @@ def _roi_align_xla(features, boxes, box_indices, ph, pw, spatial_scale, sampling
   else:
     co = c
     flat = features.astype(dt).reshape(n * h * w, c)
-  per_roi = ph * pw * g * g * 4 * co
+  if sampling_ratio > 0:  # fixed grid: the 4 bilinear corners of each of the S x S samples
+    g = sampling_ratio
+    ry, wy = _axis_taps(y1, bh, gh, ph, h, sampling_ratio, g)
+    rx, wx = _axis_taps(x1, bw, gw, pw, w, sampling_ratio, g)
+    pool, per_roi = _gather_pool, ph * pw * g * g * 4 * co
+  else:  # adaptive grid <= bound: summed weights on a (bound + 2)^2 window per bin (<= 4 bound^2 corners)
+    win = bound + 2
+    ry, wy = _axis_window(y1, bh, gh, ph, h, win)
+    rx, wx = _axis_window(x1, bw, gw, pw, w, win)
+    pool, per_roi = _window_pool, ph * pw * win * win * co
   chunk = max(1, _ELEMS_PER_CHUNK // per_roi)
-  out = chunked_map(lambda *a: _gather_pool(flat, *a, h, w, ps), (ry, wy, rx, wx, n_idx, inv_count),
+  out = chunked_map(lambda *a: pool(flat, *a, h, w, ps), (ry, wy, rx, wx, n_idx, inv_count),
                     boxes.shape[0], chunk)
-  if sampling_ratio <= 0:  # a grid beyond the static bound: the exact separable path for this call
+  if sampling_ratio <= 0 and fallback:  # a grid beyond the static bound: the exact separable path for this call
     over = jnp.any((inv_count > 0) & ((gh > bound) | (gw > bound)))
     exact = ((lambda: _ps_roi_align_reference(features, boxes, box_indices, ph, pw, spatial_scale, sampling_ratio))
              if ps else
@@ -426,8 +475,8 @@ def _roi_pool_reference(features, boxes, box_indices, ph, pw, spatial_scale):
 POOL_WINDOW_BOUND = 8  # default static bound on the cells per bin and axis of RoIPool's "xla" path
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
-def _roi_pool_xla(features, boxes, box_indices, ph, pw, spatial_scale, bound):
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7))
+def _roi_pool_xla(features, boxes, box_indices, ph, pw, spatial_scale, bound, fallback=True):
   """RoIPool by gathering each bin's window (at most ``bound`` x ``bound`` cells), masked; the first maximum
   in row-major order is picked (so the gradient goes there). A window beyond the bound anywhere in the call
   takes the exact reference path (``lax.cond``)."""
@@ -458,6 +507,8 @@ def _roi_pool_xla(features, boxes, box_indices, ph, pw, spatial_scale, bound):
 
   chunk = max(1, _ELEMS_PER_CHUNK // (ph * pw * bound * bound * c))
   out = chunked_map(block, (rows, cols, row_ok, col_ok, idx, valid, hs, he, ws, we), boxes.shape[0], chunk)
+  if not fallback:  # cost counting only (see _roi_align_xla)
+    return out.astype(features.dtype)
   over = jnp.any(valid & (jnp.any(he - hs > bound, axis=-1) | jnp.any(we - ws > bound, axis=-1)))
   out = jax.lax.cond(over, lambda: _roi_pool_reference(features, boxes, box_indices, ph, pw,
                                                        spatial_scale).astype(jnp.float32), lambda: out)

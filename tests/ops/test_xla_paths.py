@@ -123,3 +123,33 @@ def test_impl_misuse_messages(monkeypatch):
   monkeypatch.setattr(_ffi, "_ext", None)
   with pytest.raises(RuntimeError, match=r"roi_align\(impl='ffi'\).*pip install -e \."):
     ops.roi_align(f64.astype(np.float32), boxes, idx, 2, impl="ffi")
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_adaptive_window_is_exact_at_the_tightest_bound(aligned):
+  """The (bound + 2)-row window per bin holds every touched row: with the bound equal to the largest grid of the
+  call and the fallback branch removed, the window path alone equals the float64 oracle (random boxes, partly
+  outside, sub-pixel, grids 1..3)."""
+  from research.ops import roi as roi_mod
+  rng = np.random.default_rng(7)
+  f = rng.normal(size=(2, 13, 17, 3)).astype(np.float32)
+  xy = rng.uniform(-4, 16, size=(40, 2))
+  wh = rng.uniform(0.2, 8.5, size=(40, 2))
+  boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+  idx = rng.integers(0, 2, 40).astype(np.int32)
+  want = npref.roi_align(f, boxes, idx, (3, 2), 1.0, -1, aligned)
+  rh = np.maximum(wh[:, 1], 0 if aligned else 1) / 3
+  rw = np.maximum(wh[:, 0], 0 if aligned else 1) / 2
+  bound = int(max(np.ceil(rh).max(), np.ceil(rw).max()))
+  assert bound >= 3
+  out = roi_mod._roi_align_xla(jnp.asarray(f), jnp.asarray(boxes), jnp.asarray(idx), 3, 2, 1.0, -1, aligned, False,
+                               bound, False)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
+  # worst case: bin = grid = 3 with the first sample's row fraction > 1/2 touches grid + 2 = 5 rows (binary-exact
+  # coordinates, so float32 and the float64 oracle agree on the grid)
+  tight = np.array([[1.25, 1.25, 10.25, 10.25], [0.875, 2.75, 9.875, 11.75], [3.75, 0.25, 12.75, 9.25]], np.float32)
+  tidx = np.zeros(3, np.int32)
+  want = npref.roi_align(f, tight, tidx, (3, 3), 1.0, -1, True)
+  out = roi_mod._roi_align_xla(jnp.asarray(f), jnp.asarray(tight), jnp.asarray(tidx), 3, 3, 1.0, -1, True, False, 3,
+                               False)
+  np.testing.assert_allclose(np.asarray(out), want, rtol=1e-5, atol=1e-5)
