@@ -277,7 +277,7 @@ def test_vae_trains_and_the_iwae_bound_is_tighter():
                         mesh=task_lib.make_mesh(jax.devices()[:1]), workdir=None, eval_data=evals)
   t2 = gen.VAETask(model=model, learning_rate=3e-3, iwae_samples=50)
   batches = ArrayBatches({"x": x}, global_batch_size=40, seed=0)
-  state, res = loop.train(t2, batches, config=loop.LoopConfig(num_steps=400, eval_every=0, checkpoint_every=0,
+  state, res = loop.train(t2, batches, config=loop.LoopConfig(num_steps=150, eval_every=0, checkpoint_every=0,
                                                               progress_bar=False),
                           mesh=task_lib.make_mesh(jax.devices()[:1]), workdir=None, eval_data=evals)
   assert res["eval_neg_elbo"] < first["eval_neg_elbo"] - 2.0
