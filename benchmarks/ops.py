@@ -38,14 +38,10 @@ NMS_N, NMS_IOU = 2000, 0.5
 # inputs (numpy only, shared by both sides)
 # ----------------------------------------------------------------------------------------------------------
 def roi_inputs(seed=0):
-  rng = np.random.default_rng(seed)
-  n, h, w, c = ROI_FEATURES
-  feats = rng.standard_normal(ROI_FEATURES, dtype=np.float32)
-  size = np.exp(rng.uniform(np.log(16), np.log(512), size=(ROI_K, 2)))
-  centre = rng.uniform(0, 1, size=(ROI_K, 2)) * np.array([w, h]) / ROI_SCALE
-  boxes = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
-  idx = rng.integers(0, n, ROI_K).astype(np.int32)
-  g = rng.standard_normal((ROI_K, ROI_OUT, ROI_OUT, c), dtype=np.float32)
+  """RoIAlign features, boxes, box indices and the cotangent ``g`` of the issue-4 shapes."""
+  feats, boxes, idx = roi_inputs_for(ROI_FEATURES, ROI_SCALE, seed)
+  rng = np.random.default_rng(seed + 1)
+  g = rng.standard_normal((ROI_K, ROI_OUT, ROI_OUT, ROI_FEATURES[-1]), dtype=np.float32)
   return feats, boxes, idx, g
 
 

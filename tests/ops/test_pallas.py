@@ -14,19 +14,11 @@ import ops_npref as npref
 from research.ops import pallas_kernels as pk
 from research.ops.deform import _deform_conv2d_reference
 from research.ops.roi import _ps_roi_align_reference, _roi_align_reference
+from test_roi import EDGE_BOXES
 
 # inside, partly outside, fully outside, zero-size, sub-pixel, larger than the map, reversed, NaN, inf,
 # bad index (-1 and N), adaptive grids of ~60x70 samples per bin, samples on the validity boundary
-BOXES = np.array([
-    [1.3, 2.2, 7.9, 6.1],
-    [-3.1, -2.6, 4.2, 3.3],
-    [6.1, 5.2, 15.7, 12.3],
-    [20.1, 20.2, 30.3, 25.4],
-    [-9.1, -8.2, -2.3, -1.4],
-    [4.1, 4.1, 4.1, 4.1],
-    [3.1, 2.4, 3.6, 2.9],
-    [-20.3, -15.1, 31.2, 27.4],
-    [7.1, 6.2, 2.3, 1.4],
+BOXES = np.concatenate([EDGE_BOXES[:9], np.array([
     [np.nan, 1.0, 3.0, 4.0],
     [1.0, 1.0, 3.0, np.inf],
     [1.0, 1.0, 4.0, 4.0],
@@ -34,7 +26,7 @@ BOXES = np.array([
     [-60.3, -50.2, 80.1, 70.7],
     [0.1, 0.2, 10.9, 8.8],
     [5.5, -1.5, 11.5, 2.5],  # sampling_ratio=2, unaligned, 2x3: samples exactly at y = -1 and x = W (counted)
-], np.float32)
+], np.float32)])
 IDX = np.array([0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 1, -1, 2, 0, 1, 0], np.int32)
 INVALID = [9, 10, 11, 12]  # NaN, inf, index -1, index N
 
