@@ -132,6 +132,17 @@ def scan_rnn(cell: nn.Module, inputs: Array, h0: Any, mask: Array | None = None,
   return scan(cell, h0, (inputs, jnp.asarray(mask, bool)))
 
 
+def zero_state(shape: tuple[int, ...], dtype: Any, inputs: Array) -> Array:
+  """Zeros of ``shape`` ``[..., B, F]`` that vary over the same mesh axes as ``inputs [B, ...]``.
+
+  Inside ``shard_map`` a ``lax.scan`` carry must have the type of the step's output, which varies over the batch's
+  mesh axes; a plain ``jnp.zeros`` does not ("carry input and carry output must have equal types"). The select
+  below is 0 whatever ``inputs`` holds (NaN included) and a no-op outside ``shard_map``.
+  """
+  anchor = jnp.where(False, inputs.reshape(inputs.shape[0], -1)[:, :1], 0).astype(dtype)  # [B, 1] zeros
+  return jnp.zeros(shape, dtype) + anchor
+
+
 class BidirectionalGRU(nn.Module):
   """A forward and a backward GRU over the same sequence: ``inputs [B, T, D] -> (outputs [B, T, 2F] (forward then
   backward features), final states [2, B, F] (forward, backward))``. ``h0``: optional [2, B, F]; ``mask``: bool
@@ -144,7 +155,7 @@ class BidirectionalGRU(nn.Module):
   def __call__(self, inputs: Array, h0: Array | None = None, *, mask: Array | None = None) -> tuple[Array, Array]:
     b = inputs.shape[0]
     if h0 is None:
-      h0 = jnp.zeros((2, b, self.features), self.dtype)
+      h0 = zero_state((2, b, self.features), self.dtype, inputs)
     elif h0.shape != (2, b, self.features):
       raise ValueError(f"BidirectionalGRU: h0 must be [2, B, F] = {(2, b, self.features)}, got {h0.shape}")
     outs, finals = [], []
@@ -178,7 +189,7 @@ class StackedGRU(nn.Module):
     b = inputs.shape[0]
     want = (self.num_layers * dirs, b, self.features)
     if h0 is None:
-      h0 = jnp.zeros(want, self.dtype)
+      h0 = zero_state(want, self.dtype, inputs)
     elif h0.shape != want:
       raise ValueError(f"StackedGRU: h0 must be [num_layers * directions, B, F] = {want}, got {h0.shape}")
     h, finals = inputs, []

@@ -37,7 +37,7 @@ CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBloc
            TCCConfig, SegmentationConfig, SegFlowConfig, DepthSRConfig, OneShotConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
                "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet", "tcc", "segmentation",
-               "segflow", "depth_sr", "one_shot_segmentation", "gan", "vae", "edit")
+               "segflow", "depth_sr", "one_shot_segmentation", "gan", "vae", "edit", "pqnet")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:

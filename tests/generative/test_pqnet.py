@@ -359,3 +359,21 @@ def test_seq2seq_overfits_four_shapes_with_teacher_forcing(train, seq2seq):
 
   first, final = _fit(loss_fn, params, 150, 3e-3)
   assert final < 0.5 * first, (first, final)
+
+
+def test_default_states_scan_inside_shard_map():
+  """Default (zero) initial states vary like the batch, so the GRUs and the Seq2Seq decoder scan inside the loop's
+  data-parallel ``shard_map`` (a plain ``jnp.zeros`` carry is rejected there); values equal the unsharded run."""
+  from jax.sharding import Mesh, PartitionSpec as P
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 5, 3)), jnp.float32)
+  gru = StackedGRU(6, num_layers=2, bidirectional=True)
+  v = gru.init(jax.random.key(0), x)
+  sharded = jax.shard_map(lambda x: gru.apply(v, x)[0], mesh=mesh, in_specs=P("data"), out_specs=P("data"))
+  chex.assert_trees_all_close(jax.jit(sharded)(x), gru.apply(v, x)[0], atol=1e-6)
+  s2s = pqnet.PartSeq2Seq(code_dim=4, hidden=5, num_layers=1, latent_dim=3, max_parts=3, head_hidden=6)
+  latent = jnp.ones((4, 3))
+  vs = s2s.init(jax.random.key(1), latent, method=s2s.decode)
+  dec = jax.shard_map(lambda z: s2s.apply(vs, z, method=s2s.decode)["codes"], mesh=mesh, in_specs=P("data"),
+                      out_specs=P("data"))
+  chex.assert_trees_all_close(jax.jit(dec)(latent), s2s.apply(vs, latent, method=s2s.decode)["codes"], atol=1e-6)

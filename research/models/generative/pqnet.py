@@ -44,7 +44,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from research.layers.recurrent import GRUCell, StackedGRU
+from research.layers.recurrent import GRUCell, StackedGRU, zero_state
 from research.layers.strided_conv import CONV_IMPLS, Conv3DStride2  # noqa: F401  (CONV_IMPLS re-exported)
 from research.models.registry import register
 
@@ -256,7 +256,7 @@ class PartSeq2Seq(nn.Module):
     states = states.reshape(b, self.num_layers, 2 * self.hidden).transpose(1, 0, 2)
     start = jnp.concatenate([jnp.zeros((b, self.code_dim), self.dtype),
                              jnp.broadcast_to(jnp.asarray(START_BOX, self.dtype), (b, BOX_DIM))], -1)
-    return states, start
+    return states, start + zero_state((b, 1), self.dtype, latent)  # varies like the batch (see zero_state)
 
   def _autoregressive(self, latent: Array, steps: int) -> dict[str, Array]:
     states, start = self._initial(latent)
