@@ -23,10 +23,8 @@ P = parts3d.MAX_PARTS
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("parts3d"))
-  parts3d.builder("small", d)
-  return d
+def data_dir(parts3d_small):
+  return parts3d_small
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,8 @@ R = parts3d.CONFIGS["small"].resolution
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("parts3d"))
-  parts3d.builder("small", d)
-  return d
+def data_dir(parts3d_small):
+  return parts3d_small
 
 
 @pytest.fixture(scope="module")
