@@ -37,7 +37,7 @@ def test_registry_lists_and_rejects():
     models.create("wrn15_4")
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.bfloat16, marks=pytest.mark.slow)])
 def test_train_and_eval_apply(dtype):
   model = models.create("wrn10_1", num_classes=7, dtype=dtype, dropout_rate=0.1)
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))

@@ -30,7 +30,9 @@ FAST = ["mobilenet_v1_050", "resnet18"]  # shufflenet_v1_g3 (11 s) runs under -m
 # 20 s of tracing); their parameter counts are still checked in the default run (test_param_counts).
 SLOW_SHAPES = {"preact_resnet1001", "densenet161", "densenet169", "densenet201", "resnet101", "resnet152",
                "resnext101_32x8d", "vgg13", "vgg16", "vgg19", "vgg13_bn", "vgg19_bn", "shufflenet_v1_g2",
-               "shufflenet_v1_g4", "shufflenet_v1_g8", "wrn40_10", "wrn28_10", "wrn22_8", "igc_l32m26"}
+               "shufflenet_v1_g4", "shufflenet_v1_g8", "wrn40_10", "wrn28_10", "wrn22_8", "igc_l32m26",
+               # 10-12 s of tracing each; parameter counts and GMACs still checked by default (test_param_counts)
+               "densenet121", "inception_v3", "preact_resnet164"}
 NUM_CLASSES = 7
 
 
