@@ -1,5 +1,10 @@
-"""Benchmark research.ops: C++ FFI kernels vs the XLA (gather / blocked) paths vs the exact pure-JAX references vs
-torchvision (CPU), one table, plus XLA's own FLOP / byte counts of the XLA path and the reference.
+"""Benchmark research.ops: the fast path (C++ FFI kernels on CPU, Pallas kernels on GPU) vs the XLA (gather /
+blocked) paths vs the exact pure-JAX references vs torchvision (on the same device), one table, plus XLA's own FLOP /
+byte counts of the XLA path and the reference.
+
+    # on a GPU machine (torchvision CUDA ops on the same GPU):
+    python benchmarks/ops.py --torch_python=/path/to/torch/venv/bin/python --json_out=ops_gpu.json
+    python benchmarks/ops.py --cases=roi,nms --repeats=3    # a subset
 
     .venv/bin/python benchmarks/ops.py --torch_python=/work/tvenv/bin/python --json_out=/tmp/ops_bench.json
 
@@ -91,35 +96,46 @@ CASES = [("roi_align sr=2", "roi", 2), ("roi_align sr=-1", "roi", -1), ("ps_roi_
 PASSES = {"roi": ("fwd", "fwd_bwd"), "ps": ("fwd", "fwd_bwd"), "pool": ("fwd", "fwd_bwd"),
           "dcn": ("fwd", "fwd_bwd"), "nms": ("fwd",)}
 # "xla" is the same computation as "reference" for deformable convolution (gather im2col + GEMM)
-IMPLS_OF = {"dcn": ("ffi", "reference")}
+IMPLS_OF = {"dcn": ("fast", "reference")}
+HAS_PALLAS = ("roi", "ps", "dcn")  # kinds with a Pallas kernel (the fast path off CPU)
+
+
+def fast_impl(kind, backend):
+  """The hand-written fast path of ``kind`` on ``backend``: the C++ kernel on CPU, the Pallas kernel on GPU."""
+  if backend == "cpu":
+    return "ffi"
+  return "pallas" if kind in HAS_PALLAS else None
 
 
 # ----------------------------------------------------------------------------------------------------------
 # torchvision side (runs in the torch interpreter; imports no jax)
 # ----------------------------------------------------------------------------------------------------------
-def torch_fns():
-  """{(case, pass): callable} on the shared inputs, NCHW / OIHW as torchvision wants them."""
+def torch_fns(device="cpu"):
+  """{(case, pass): callable} on the shared inputs, NCHW / OIHW as torchvision wants them, on ``device``; each
+  callable waits for the device (``torch.cuda.synchronize``)."""
   import torch
   import torchvision
 
+  torch_from_numpy = lambda a: torch.from_numpy(a).to(device)  # noqa: E731
+
   feats, boxes, idx, g = roi_inputs()
-  f = torch.from_numpy(feats).permute(0, 3, 1, 2).contiguous()
-  rois = torch.from_numpy(np.concatenate([idx[:, None].astype(np.float32), boxes], 1))
-  gt = torch.from_numpy(g).permute(0, 3, 1, 2).contiguous()
+  f = torch_from_numpy(feats).permute(0, 3, 1, 2).contiguous()
+  rois = torch_from_numpy(np.concatenate([idx[:, None].astype(np.float32), boxes], 1))
+  gt = torch_from_numpy(g).permute(0, 3, 1, 2).contiguous()
   x, offset, mask, weight, bias, gd = dcn_inputs()
-  xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-  ot = torch.from_numpy(offset).permute(0, 3, 1, 2).contiguous()
-  mt = torch.from_numpy(mask).permute(0, 3, 1, 2).contiguous()
-  wt = torch.from_numpy(weight).permute(3, 2, 0, 1).contiguous()
-  bt = torch.from_numpy(bias)
-  gdt = torch.from_numpy(gd).permute(0, 3, 1, 2).contiguous()
+  xt = torch_from_numpy(x).permute(0, 3, 1, 2).contiguous()
+  ot = torch_from_numpy(offset).permute(0, 3, 1, 2).contiguous()
+  mt = torch_from_numpy(mask).permute(0, 3, 1, 2).contiguous()
+  wt = torch_from_numpy(weight).permute(3, 2, 0, 1).contiguous()
+  bt = torch_from_numpy(bias)
+  gdt = torch_from_numpy(gd).permute(0, 3, 1, 2).contiguous()
   psf, psb, psi = roi_inputs_for(PS_FEATURES, PS_SCALE)
-  psf = torch.from_numpy(psf).permute(0, 3, 1, 2).contiguous()
-  psr = torch.from_numpy(np.concatenate([psi[:, None].astype(np.float32), psb], 1))
+  psf = torch_from_numpy(psf).permute(0, 3, 1, 2).contiguous()
+  psr = torch_from_numpy(np.concatenate([psi[:, None].astype(np.float32), psb], 1))
   pof, pob, poi = roi_inputs_for(POOL_FEATURES, PS_SCALE)
-  pof = torch.from_numpy(pof).permute(0, 3, 1, 2).contiguous()
-  por = torch.from_numpy(np.concatenate([poi[:, None].astype(np.float32), pob], 1))
-  nb, ns = [torch.from_numpy(a) for a in nms_inputs()]
+  pof = torch_from_numpy(pof).permute(0, 3, 1, 2).contiguous()
+  por = torch_from_numpy(np.concatenate([poi[:, None].astype(np.float32), pob], 1))
+  nb, ns = [torch_from_numpy(a) for a in nms_inputs()]
   fns = {}
   for name, kind, sr in CASES:
     if kind in ("ps", "pool"):
@@ -157,15 +173,22 @@ def torch_fns():
         out = torchvision.ops.deform_conv2d(args[0], args[1], args[2], args[3], padding=(1, 1), mask=args[4])
         (out * gdt).sum().backward()
     fns[(name, "fwd")], fns[(name, "fwd_bwd")] = fwd, fwd_bwd
-  return {k: v for k, v in fns.items() if v is not None}
+  sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+
+  def synced(fn):
+    def call():
+      fn()
+      sync()
+    return call
+  return {k: synced(v) for k, v in fns.items() if v is not None}
 
 
-def torch_worker():
+def torch_worker(device):
   """Serves timing requests '<case>|<pass>' on stdin, one line of seconds per request on stdout."""
   import torch
   import torchvision
 
-  fns = torch_fns()
+  fns = torch_fns(device)
   print(json.dumps({"torch": torch.__version__, "torchvision": torchvision.__version__,
                     "threads": torch.get_num_threads(), "available": ["|".join(k) for k in fns]}), flush=True)
   for line in sys.stdin:
@@ -174,8 +197,9 @@ def torch_worker():
 
 
 class TorchClient:
-  def __init__(self, python):
-    self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch_worker"], stdin=subprocess.PIPE,
+  def __init__(self, python, device="cpu"):
+    self.proc = subprocess.Popen([python, os.path.abspath(__file__), "--torch_worker", f"--torch_device={device}"],
+                                 stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)
     self.info = json.loads(self.proc.stdout.readline())
     self.available = {tuple(k.split("|")) for k in self.info.pop("available")}
@@ -193,8 +217,9 @@ class TorchClient:
 # ----------------------------------------------------------------------------------------------------------
 # JAX side
 # ----------------------------------------------------------------------------------------------------------
-def jax_fns():
-  """{(case, pass, impl): (jitted fn, args)}; ``run`` calls one and blocks until the result is ready."""
+def jax_fns(kinds=None):
+  """{(case, pass, impl): (jitted fn, args)} for the cases of ``kinds`` (all: None); ``run`` calls one and blocks
+  until the result is ready. ``impl`` "fast" is the C++ kernel on CPU and the Pallas kernel on GPU."""
   import jax
   import jax.numpy as jnp
 
@@ -208,8 +233,14 @@ def jax_fns():
   pof, pob, poi = [jnp.asarray(a) for a in roi_inputs_for(POOL_FEATURES, PS_SCALE)]
   nb, ns = [jnp.asarray(a) for a in nms_inputs()]
   fns = {}
+  backend = jax.default_backend()
   for name, kind, sr in CASES:
-    for impl in IMPLS_OF.get(kind, ("ffi", "xla", "reference")):
+    if kinds and kind not in kinds:
+      continue
+    for label in IMPLS_OF.get(kind, ("fast", "xla", "reference")):
+      impl = fast_impl(kind, backend) if label == "fast" else label
+      if impl is None:
+        continue
       if kind == "roi":
         op = lambda f, impl=impl, sr=sr: ops.roi_align(f, boxes, idx, ROI_OUT, spatial_scale=ROI_SCALE,
                                                        sampling_ratio=sr, aligned=True, impl=impl,
@@ -228,11 +259,11 @@ def jax_fns():
       else:
         op = lambda x, o, m, w, b, impl=impl: ops.deform_conv2d(x, o, w, mask=m, bias=b, padding=(1, 1), impl=impl)
         args, g_ = (x, offset, mask, weight, bias), gd
-      fns[(name, "fwd", impl)] = (jax.jit(op), args)
+      fns[(name, "fwd", label)] = (jax.jit(op), args)
       if "fwd_bwd" in PASSES[kind]:
         argnums = tuple(range(len(args)))
         loss = lambda *a, op=op, g_=g_: jnp.sum(op(*a) * g_)
-        fns[(name, "fwd_bwd", impl)] = (jax.jit(jax.value_and_grad(loss, argnums=argnums)), args)
+        fns[(name, "fwd_bwd", label)] = (jax.jit(jax.value_and_grad(loss, argnums=argnums)), args)
   return fns
 
 
@@ -273,23 +304,32 @@ def main():
   p.add_argument("--repeats", type=int, default=7, help="timed calls per (op, pass) for FFI, XLA and torchvision")
   p.add_argument("--reference_repeats", type=int, default=2, help="timed calls for the (slow) references")
   p.add_argument("--skip_reference", action="store_true")
+  p.add_argument("--torch_device", default="", help="torch device ('' = cuda when JAX runs on a GPU, else cpu)")
+  p.add_argument("--cases", default="", help=f"comma-separated subset of {sorted(PASSES)} ('' = all)")
   p.add_argument("--torch_worker", action="store_true", help=argparse.SUPPRESS)
   a = p.parse_args()
   if a.torch_worker:
-    torch_worker()
+    torch_worker(a.torch_device or "cpu")
     return
+  kinds = [k for k in a.cases.split(",") if k]
+  if any(k not in PASSES for k in kinds):
+    p.error(f"--cases={a.cases!r}: choose from {sorted(PASSES)}")
 
   import jax
 
-  fns = jax_fns()
+  backend = jax.default_backend()
+  fns = jax_fns(kinds)
   if a.skip_reference:
     fns = {k: v for k, v in fns.items() if k[2] != "reference"}
-  tv = TorchClient(a.torch_python) if a.torch_python else None
+  tv = (TorchClient(a.torch_python, a.torch_device or ("cpu" if backend == "cpu" else "cuda"))
+        if a.torch_python else None)
   load0 = os.getloadavg()
   times, costs = {}, {}
   for name, kind, _ in CASES:
     for pas in PASSES[kind]:
       impls = [k[2] for k in fns if k[:2] == (name, pas)]
+      if not impls:
+        continue
       # warm up (compile) everything, then interleave the timed calls so that all sides see the same load
       for impl in impls:
         run(fns[(name, pas, impl)])
@@ -309,24 +349,26 @@ def main():
   if tv:
     tv.close()
   for (name, pas, impl), entry in fns.items():  # after the timings: counting clears the compilation caches
-    if impl != "ffi" and not name.startswith(("nms", "deform")):  # NMS: while loops; DCN: one path
+    if impl != "fast" and not name.startswith(("nms", "deform")):  # NMS: while loops; DCN: one path
       costs[(name, pas, impl)] = cost(entry)
 
-  machine = (f"{platform.machine()} {os.cpu_count()} cores ({_cpu_name()}), jax {jax.__version__}"
+  fast_name = "C++ FFI" if backend == "cpu" else "Pallas"
+  machine = (f"{platform.machine()} {os.cpu_count()} cores ({_cpu_name()}), {jax.devices()[0].device_kind}, "
+             f"jax {jax.__version__}"
              + (f", torch {tv.info['torch']} / torchvision {tv.info['torchvision']} ({tv.info['threads']} threads)"
                 if tv else ""))
-  header = ("| op | pass | FFI ms | XLA ms | reference ms | torchvision ms | XLA/FFI | reference/XLA | "
-            "torchvision/FFI | reference/XLA GFLOP | reference/XLA GB |")
+  header = (f"| op | pass | {fast_name} ms | XLA ms | reference ms | torchvision ms | XLA/fast | reference/XLA | "
+            "torchvision/fast | reference/XLA GFLOP | reference/XLA GB |")
   lines = [f"machine: {machine}; load average {load0[0]:.1f} -> {load1[0]:.1f}", "", header,
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   rows = []
   fmt = lambda v: f"{v * 1e3:.1f}" if v is not None else "-"
   ratio = lambda a_, b_: f"{a_ / b_:.1f}x" if a_ and b_ else "-"
   for (name, pas), t in times.items():
-    ffi, xla, ref, tvt = t.get("ffi"), t.get("xla"), t.get("reference"), t.get("torchvision")
+    ffi, xla, ref, tvt = t.get("fast"), t.get("xla"), t.get("reference"), t.get("torchvision")
     xla_impl = "xla" if xla is not None else "reference"
     cr, cx = costs.get((name, pas, "reference")), costs.get((name, pas, xla_impl))
-    rows.append({"op": name, "pass": pas, "ffi_s": ffi, "xla_s": xla, "reference_s": ref, "torchvision_s": tvt,
+    rows.append({"op": name, "pass": pas, "fast_impl": fast_name, "fast_s": ffi, "xla_s": xla, "reference_s": ref, "torchvision_s": tvt,
                  "reference_flops": cr and cr[0], "reference_bytes": cr and cr[1],
                  "xla_flops": cx and cx[0], "xla_bytes": cx and cx[1]})
     flops = (f"{cr[0] / 1e9:.2f} / {cx[0] / 1e9:.3f}" if cr and cx and xla is not None else "-")
@@ -336,7 +378,7 @@ def main():
   print("\n".join(lines))
   if a.json_out:
     with open(a.json_out, "w") as fh:
-      json.dump({"machine": machine, "load_average": [load0, load1], "rows": rows,
+      json.dump({"machine": machine, "backend": backend, "load_average": [load0, load1], "rows": rows,
                  "torch": tv.info if tv else None}, fh, indent=1)
 
 
