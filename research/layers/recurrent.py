@@ -1,5 +1,7 @@
 """Recurrent layers: a GRU cell written from its equations, a masked ``nn.scan`` over time, bidirectional and stacked
-GRUs (used by PQ-NET's part Seq2Seq, Wu et al. CVPR 2020 §3.2; generic for other sequence models).
+GRUs (used by PQ-NET's part Seq2Seq, Wu et al. CVPR 2020 §3.2; generic for other sequence models); Elman, LSTM
+(optionally with peepholes) and SRU cells, cell-generic :class:`RNN` / :class:`Bidirectional` / :class:`Stacked`
+layers, truncated BPTT (:func:`truncated_bptt_chunks`) and a 2-D multi-dimensional RNN (:class:`MDRNN`).
 
 GRU (Cho et al., EMNLP 2014, §2.3), in the variant of PyTorch's ``nn.GRU``, cuDNN and ``flax.linen.GRUCell``, where the
 reset gate multiplies the recurrent projection *after* the matrix product, bias ``b_hn`` included::
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -206,3 +209,392 @@ class StackedGRU(nn.Module):
         fin = fin[None]
       finals.append(fin)
     return h, jnp.concatenate(finals, 0)
+
+
+# ------------------------------------------------------------------------------------------- more cells, generic layers
+#
+# The cells below share GRUCell's conventions: ``cell(carry, x [..., D]) -> (carry', y [..., F])``, ``initial_state(
+# batch_shape)`` (zeros), ``carry_output(carry)`` (what :func:`scan_rnn` emits at masked steps), fused kernels stored
+# transposed (``x @ input_kernel``), recurrent kernels orthogonal per gate block, ``dtype`` (compute) / ``param_dtype``.
+
+
+class SimpleRNNCell(nn.Module):
+  """Elman RNN (Elman, "Finding structure in time", Cognitive Science 1990): ``h' = act(x W + h U + b)``; carry and
+  output ``h [..., F]``. Parameters ``input_kernel`` [D, F] (W), ``input_bias`` [F] (b), ``recurrent_kernel`` [F, F]
+  (U)."""
+  features: int
+  activation: Callable = jnp.tanh
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Callable = nn.initializers.orthogonal()
+  bias_init: Callable = nn.initializers.zeros_init()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, h: Array, x: Array) -> tuple[Array, Array]:
+    _check_state("SimpleRNNCell", h, x, self.features)
+    wi = self.param("input_kernel", self.kernel_init, (x.shape[-1], self.features), self.param_dtype)
+    bi = self.param("input_bias", self.bias_init, (self.features,), self.param_dtype)
+    wh = self.param("recurrent_kernel", self.recurrent_kernel_init, (self.features, self.features), self.param_dtype)
+    dt = self.dtype
+    new_h = self.activation(x.astype(dt) @ wi.astype(dt) + bi.astype(dt) + h.astype(dt) @ wh.astype(dt))
+    return new_h, new_h
+
+  @nn.nowrap
+  def initial_state(self, batch_shape: tuple[int, ...]) -> Array:
+    """Zeros [*batch_shape, features] in ``dtype``."""
+    return jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
+
+  @staticmethod
+  def carry_output(carry: Array) -> Array:
+    """The output is the state."""
+    return carry
+
+
+def _check_state(name: str, h: Array, x: Array, features: int):
+  if h.shape[-1] != features:
+    raise ValueError(f"{name}: the state must be [..., features={features}], got shape {h.shape}; start from "
+                     f"{name}.initial_state(batch_shape)")
+  if h.shape[:-1] != x.shape[:-1]:
+    raise ValueError(f"{name}: state {h.shape} and x {x.shape} must share their batch dimensions [...]")
+
+
+def _forget_bias_init(base: Callable, features: int, block: int, value: float) -> Callable:
+  """``base`` for a fused [k * F] bias, with gate block ``block`` set to ``value``."""
+
+  def init_fn(key, shape, dtype=jnp.float32):
+    return base(key, shape, dtype).at[block * features:(block + 1) * features].set(value)
+
+  return init_fn
+
+
+class LSTMCell(nn.Module):
+  """LSTM with a forget gate (Hochreiter & Schmidhuber, Neural Computation 1997; Gers et al., Neural Computation
+  2000), optional peepholes (Gers & Schmidhuber, IJCNN 2000); carry ``(c, h)``, output ``h``::
+
+      i  = sigmoid(x W_i + h U_i + p_i * c  + b_i)        (p_* only with ``peephole``)
+      f  = sigmoid(x W_f + h U_f + p_f * c  + b_f)
+      g  = tanh(x W_g + h U_g + b_g)
+      c' = f * c + i * g
+      o  = sigmoid(x W_o + h U_o + p_o * c' + b_o)
+      h' = o * tanh(c')
+
+  Parameters, gates in the order ``i, f, g, o``: ``input_kernel`` [D, 4F] = ``[W_i | W_f | W_g | W_o]``,
+  ``input_bias`` [4F] (the forget block initialised to ``forget_bias`` = 1.0), ``recurrent_kernel`` [F, 4F] =
+  ``[U_i | U_f | U_g | U_o]``; with ``peephole`` the diagonal peephole weights ``peephole_i``, ``peephole_f``,
+  ``peephole_o`` [F]. Without peepholes this is ``flax.linen.LSTMCell``: its ``ii, if, ig, io`` kernels concatenated
+  along the output axis are ``input_kernel``, its ``hi, hf, hg, ho`` kernels ``recurrent_kernel`` and their biases
+  ``input_bias`` (flax's input Dense layers have no bias); both carry ``(c, h)``.
+  """
+  features: int
+  peephole: bool = False
+  forget_bias: float = 1.0
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Callable = nn.initializers.orthogonal()
+  bias_init: Callable = nn.initializers.zeros_init()
+  peephole_init: Callable = nn.initializers.zeros_init()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry: tuple[Array, Array], x: Array) -> tuple[tuple[Array, Array], Array]:
+    c, h = carry
+    _check_state("LSTMCell", h, x, self.features)
+    if c.shape != h.shape:
+      raise ValueError(f"LSTMCell: c {c.shape} and h {h.shape} must have the same shape")
+    f, dt = self.features, self.dtype
+    wi = self.param("input_kernel", self.kernel_init, (x.shape[-1], 4 * f), self.param_dtype)
+    bi = self.param("input_bias", _forget_bias_init(self.bias_init, f, 1, self.forget_bias), (4 * f,),
+                    self.param_dtype)
+    wh = self.param("recurrent_kernel", _blockwise(self.recurrent_kernel_init, 4), (f, 4 * f), self.param_dtype)
+    c, h = c.astype(dt), h.astype(dt)
+    z = x.astype(dt) @ wi.astype(dt) + bi.astype(dt) + h @ wh.astype(dt)
+    zi, zf, zg, zo = z[..., :f], z[..., f:2 * f], z[..., 2 * f:3 * f], z[..., 3 * f:]
+    if self.peephole:
+      p = {g: self.param(f"peephole_{g}", self.peephole_init, (f,), self.param_dtype).astype(dt) for g in "ifo"}
+      zi, zf = zi + p["i"] * c, zf + p["f"] * c
+    new_c = jax.nn.sigmoid(zf) * c + jax.nn.sigmoid(zi) * jnp.tanh(zg)
+    if self.peephole:
+      zo = zo + p["o"] * new_c
+    new_h = jax.nn.sigmoid(zo) * jnp.tanh(new_c)
+    return (new_c, new_h), new_h
+
+  @nn.nowrap
+  def initial_state(self, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """``(c, h)``, zeros [*batch_shape, features] in ``dtype``."""
+    z = jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
+    return z, z
+
+  @staticmethod
+  def carry_output(carry: tuple[Array, Array]) -> Array:
+    """The output is ``h``."""
+    return carry[1]
+
+
+class SRUCell(nn.Module):
+  """Simple Recurrent Unit (Lei et al., "Simple Recurrent Units for Highly Parallelizable Recurrence", EMNLP 2018)::
+
+      f  = sigmoid(x W_f + v_f * c + b_f)
+      r  = sigmoid(x W_r + v_r * c + b_r)
+      c' = f * c + (1 - f) * (x W)
+      h  = r * c' + (1 - r) * x'          (highway; x' = x if D == F, else x W_p)
+
+  (``c`` the previous cell state, as the paper's eq. 1-4). Parameters: ``input_kernel`` [D, 3F] = ``[W | W_f |
+  W_r]``, ``input_bias`` [2F] = ``(b_f, b_r)``, ``recurrent_weights`` [2F] = ``(v_f, v_r)`` (element-wise), and
+  ``highway_kernel`` [D, F] (``W_p``) only when D != F. Carry ``(c, h)``: the recurrence only uses ``c``; ``h`` is the
+  last output, so that :func:`scan_rnn` can repeat it at masked steps (the output depends on ``x``, not on ``c``
+  alone). Output ``h``.
+  """
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  recurrent_init: Callable = nn.initializers.normal(0.1)
+  bias_init: Callable = nn.initializers.zeros_init()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, carry: tuple[Array, Array], x: Array) -> tuple[tuple[Array, Array], Array]:
+    c, _ = carry
+    _check_state("SRUCell", c, x, self.features)
+    f, d, dt = self.features, x.shape[-1], self.dtype
+    w = self.param("input_kernel", self.kernel_init, (d, 3 * f), self.param_dtype)
+    b = self.param("input_bias", self.bias_init, (2 * f,), self.param_dtype).astype(dt)
+    v = self.param("recurrent_weights", self.recurrent_init, (2 * f,), self.param_dtype).astype(dt)
+    x, c = x.astype(dt), c.astype(dt)
+    z = x @ w.astype(dt)
+    fg = jax.nn.sigmoid(z[..., f:2 * f] + v[:f] * c + b[:f])
+    rg = jax.nn.sigmoid(z[..., 2 * f:] + v[f:] * c + b[f:])
+    new_c = fg * c + (1.0 - fg) * z[..., :f]
+    if d != f:
+      x = x @ self.param("highway_kernel", self.kernel_init, (d, f), self.param_dtype).astype(dt)
+    h = rg * new_c + (1.0 - rg) * x
+    return (new_c, h), h
+
+  @nn.nowrap
+  def initial_state(self, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """``(c, h)``, zeros [*batch_shape, features] in ``dtype``."""
+    z = jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
+    return z, z
+
+  @staticmethod
+  def carry_output(carry: tuple[Array, Array]) -> Array:
+    """The last output ``h``."""
+    return carry[1]
+
+
+def zero_carry(cell: nn.Module, inputs: Array) -> Any:
+  """``cell``'s zero initial carry for ``inputs [B, ...]``, every leaf varying like ``inputs`` (see
+  :func:`zero_state`), so that scans started from it also work inside ``shard_map``."""
+  ref = cell.initial_state((inputs.shape[0],))
+  return jax.tree.map(lambda z: zero_state(z.shape, z.dtype, inputs), ref)
+
+
+def truncated_bptt_chunks(cell: nn.Module, inputs: Array, h0: Any, chunk: int, mask: Array | None = None,
+                          reverse: bool = False, *, unroll: int = 1) -> tuple[Any, Array]:
+  """:func:`scan_rnn` in chunks of ``chunk`` steps with truncated back-propagation through time (Williams & Peng,
+  Neural Computation 1990): the carry handed from one chunk to the next goes through ``lax.stop_gradient``, so the
+  gradient of a loss on one chunk's outputs stops at that chunk's first step (the forward values are those of
+  :func:`scan_rnn`; parameter gradients still sum over all chunks). Chunks run in scan direction (``reverse``: the
+  last chunk first). T need not be a multiple of ``chunk``: the sequence is padded with masked steps, which leave the
+  carry unchanged. Arguments and result as :func:`scan_rnn`.
+  """
+  if inputs.ndim != 3:
+    raise ValueError(f"truncated_bptt_chunks: inputs must be [B, T, D], got shape {inputs.shape}")
+  if chunk < 1:
+    raise ValueError(f"truncated_bptt_chunks: chunk={chunk} must be >= 1")
+  b, t, d = inputs.shape
+  if mask is None:
+    mask = jnp.ones((b, t), bool)
+  elif jnp.shape(mask) != (b, t):
+    raise ValueError(f"truncated_bptt_chunks: mask must be bool [B, T] = {(b, t)}, got {jnp.shape(mask)}")
+  n = -(-t // chunk)
+  pad = n * chunk - t
+  x = jnp.pad(inputs, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, d)
+  m = jnp.pad(jnp.asarray(mask, bool), ((0, 0), (0, pad))).reshape(b, n, chunk)
+
+  def body(cell, carry, xs):
+    xc, mc = xs
+    return scan_rnn(cell, xc, jax.lax.stop_gradient(carry), mc, reverse=reverse, unroll=unroll)
+
+  scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False}, in_axes=1, out_axes=1,
+                 reverse=reverse)
+  carry, y = scan(cell, h0, (x, m))
+  return carry, y.reshape((b, n * chunk) + y.shape[3:])[:, :t]
+
+
+class RNN(nn.Module):
+  """Any cell of this module (or one with the same interface) scanned over ``inputs [B, T, D]``: ``(outputs
+  [B, T, F], final carry)``. ``cell``: the cell class (or a factory) called as ``cell(features, dtype=...,
+  param_dtype=..., name="cell", **cell_kwargs)``; ``initial_carry`` defaults to :func:`zero_carry`; ``mask`` bool
+  [B, T] as :func:`scan_rnn`; ``reverse`` scans from the end; ``bptt_chunk`` switches to
+  :func:`truncated_bptt_chunks` with chunks of that many steps."""
+  cell: Callable[..., nn.Module]
+  features: int
+  cell_kwargs: Any = flax.core.FrozenDict()
+  reverse: bool = False
+  bptt_chunk: int | None = None
+  unroll: int = 1
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, initial_carry: Any = None, *, mask: Array | None = None) -> tuple[Array, Any]:
+    cell = self.cell(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="cell",
+                     **dict(self.cell_kwargs))
+    if initial_carry is None:
+      initial_carry = zero_carry(cell, inputs)
+    if self.bptt_chunk:
+      carry, y = truncated_bptt_chunks(cell, inputs, initial_carry, self.bptt_chunk, mask, self.reverse,
+                                       unroll=self.unroll)
+    else:
+      carry, y = scan_rnn(cell, inputs, initial_carry, mask, self.reverse, unroll=self.unroll)
+    return y, carry
+
+
+def _tree_stack(trees: list) -> Any:
+  return jax.tree.map(lambda *a: jnp.stack(a), *trees)
+
+
+class Bidirectional(nn.Module):
+  """A forward and a backward ``cell`` (as :class:`RNN`) over the same sequence: ``inputs [B, T, D] -> (outputs
+  [B, T, 2F] (forward then backward features; [B, T, F] with ``merge="sum"``), final carries (each leaf stacked
+  [2, ...]: forward, backward))``. ``initial_carry``: optional, leaves [2, B, ...]; ``mask`` bool [B, T] as
+  :func:`scan_rnn` (the backward cell starts at each sequence's last valid step). With :class:`GRUCell` this is
+  :class:`BidirectionalGRU`, parameters (``forward``, ``backward``) and outputs included."""
+  cell: Callable[..., nn.Module]
+  features: int
+  cell_kwargs: Any = flax.core.FrozenDict()
+  merge: str = "concat"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, initial_carry: Any = None, *, mask: Array | None = None) -> tuple[Array, Any]:
+    if self.merge not in ("concat", "sum"):
+      raise ValueError(f"Bidirectional: merge={self.merge!r} must be 'concat' or 'sum'")
+    outs, finals = [], []
+    for d, name in enumerate(("forward", "backward")):
+      cell = self.cell(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+                       **dict(self.cell_kwargs))
+      h0 = zero_carry(cell, inputs) if initial_carry is None else jax.tree.map(lambda a: a[d], initial_carry)
+      h, y = scan_rnn(cell, inputs, h0, mask, reverse=d == 1)
+      outs.append(y)
+      finals.append(h)
+    y = jnp.concatenate(outs, -1) if self.merge == "concat" else outs[0] + outs[1]
+    return y, _tree_stack(finals)
+
+
+class Stacked(nn.Module):
+  """``num_layers`` layers of ``cell`` (as :class:`RNN`), each (bi)directional, the next reading the previous one's
+  outputs: ``inputs [B, T, D] -> (outputs [B, T, F or 2F] of the last layer, final carries (leaves [num_layers *
+  (1 or 2), B, ...], layer-major, forward before backward))``. ``initial_carry``: optional, of that layout; ``mask``
+  as :func:`scan_rnn`; dropout of ``dropout_rate`` on the inputs of every layer but the first when ``train`` (needs
+  a ``dropout`` rng). With :class:`GRUCell` this is :class:`StackedGRU`, parameters and outputs included."""
+  cell: Callable[..., nn.Module]
+  features: int
+  num_layers: int = 1
+  bidirectional: bool = False
+  dropout_rate: float = 0.0
+  cell_kwargs: Any = flax.core.FrozenDict()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, initial_carry: Any = None, *, mask: Array | None = None, train: bool = False
+               ) -> tuple[Array, Any]:
+    if self.num_layers < 1:
+      raise ValueError(f"Stacked: num_layers={self.num_layers} must be >= 1")
+    dirs = 2 if self.bidirectional else 1
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h, finals = inputs, []
+    for layer in range(self.num_layers):
+      if layer and self.dropout_rate:
+        h = nn.Dropout(self.dropout_rate, deterministic=not train)(h)
+      init = None if initial_carry is None else jax.tree.map(lambda a: a[layer * dirs:(layer + 1) * dirs],
+                                                              initial_carry)
+      if self.bidirectional:
+        h, fin = Bidirectional(self.cell, self.features, self.cell_kwargs, name=f"layer{layer}", **kw)(
+            h, init, mask=mask)
+      else:
+        cell = self.cell(self.features, name=f"layer{layer}", **kw, **dict(self.cell_kwargs))
+        h0 = zero_carry(cell, h) if init is None else jax.tree.map(lambda a: a[0], init)
+        fin, h = scan_rnn(cell, h, h0, mask)
+        fin = jax.tree.map(lambda a: a[None], fin)
+      finals.append(fin)
+    return h, jax.tree.map(lambda *a: jnp.concatenate(a, 0), *finals)
+
+
+# ------------------------------------------------------------------------------------------------------- 2-D MD-RNN
+
+MD_CORNERS = ("tl", "tr", "bl", "br")
+
+
+class MDRNNSweep(nn.Module):
+  """One 2-D sweep of a tanh multi-dimensional RNN from the top-left corner (Graves et al., "Multi-dimensional
+  recurrent neural networks", ICANN 2007): ``x [B, H, W, D] -> h [B, H, W, F]`` with::
+
+      h[i, j] = tanh(x[i, j] W + h[i-1, j] U_v + h[i, j-1] U_h + b)      (h outside the image = 0)
+
+  computed by a scan over rows whose body scans the row's columns (the ``x W + b`` and ``h[i-1] U_v`` terms are
+  batched over the row). Parameters ``input_kernel`` [D, F] (W), ``input_bias`` [F] (b), ``vertical_kernel``
+  [F, F] (U_v), ``horizontal_kernel`` [F, F] (U_h)."""
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  recurrent_kernel_init: Callable = nn.initializers.orthogonal()
+  bias_init: Callable = nn.initializers.zeros_init()
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if x.ndim != 4:
+      raise ValueError(f"MDRNNSweep: x must be [B, H, W, D], got shape {x.shape}")
+    f, dt = self.features, self.dtype
+    b, _, w = x.shape[:3]
+    wi = self.param("input_kernel", self.kernel_init, (x.shape[-1], f), self.param_dtype).astype(dt)
+    bi = self.param("input_bias", self.bias_init, (f,), self.param_dtype).astype(dt)
+    uv = self.param("vertical_kernel", self.recurrent_kernel_init, (f, f), self.param_dtype).astype(dt)
+    uh = self.param("horizontal_kernel", self.recurrent_kernel_init, (f, f), self.param_dtype).astype(dt)
+    a = x.astype(dt) @ wi + bi  # [B, H, W, F]
+    h_left = zero_state((b, f), dt, x)
+
+    def row(prev, a_row):  # prev, a_row: [B, W, F]
+      pre = jnp.moveaxis(a_row + prev @ uv, 1, 0)  # [W, B, F]
+
+      def col(h, p):
+        h = jnp.tanh(p + h @ uh)
+        return h, h
+
+      _, hs = jax.lax.scan(col, h_left, pre)
+      hs = jnp.moveaxis(hs, 0, 1)
+      return hs, hs
+
+    _, out = jax.lax.scan(row, zero_state((b, w * f), dt, x).reshape(b, w, f), jnp.moveaxis(a, 1, 0))
+    return jnp.moveaxis(out, 0, 1)
+
+
+class MDRNN(nn.Module):
+  """2-D multi-dimensional RNN (Graves et al., ICANN 2007): one :class:`MDRNNSweep` from each corner in
+  ``directions`` (``"tl"`` top-left: h[i, j] depends on h[i-1, j] and h[i, j-1]; ``"tr"`` on h[i-1, j], h[i, j+1];
+  ``"bl"`` on h[i+1, j], h[i, j-1]; ``"br"`` on h[i+1, j], h[i, j+1]), each with its own parameters (submodules
+  named by corner): ``x [B, H, W, D] -> [B, H, W, len(directions) * F]`` (concatenated in ``directions`` order) or
+  ``[B, H, W, F]`` with ``merge="sum"``. A sweep from another corner is the top-left sweep of the image flipped."""
+  features: int
+  directions: tuple[str, ...] = MD_CORNERS
+  merge: str = "concat"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.merge not in ("concat", "sum"):
+      raise ValueError(f"MDRNN: merge={self.merge!r} must be 'concat' or 'sum'")
+    if not self.directions or any(d not in MD_CORNERS for d in self.directions):
+      raise ValueError(f"MDRNN: directions={self.directions} must be a non-empty subset of {MD_CORNERS}")
+    outs = []
+    for corner in self.directions:
+      axes = tuple(ax for ax, flip in ((1, corner[0] == "b"), (2, corner[1] == "r")) if flip)
+      xf = jnp.flip(x, axes) if axes else x
+      y = MDRNNSweep(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=corner)(xf)
+      outs.append(jnp.flip(y, axes) if axes else y)
+    return jnp.concatenate(outs, -1) if self.merge == "concat" else sum(outs[1:], outs[0])
