@@ -268,7 +268,22 @@ def _forget_bias_init(base: Callable, features: int, block: int, value: float) -
   return init_fn
 
 
-class LSTMCell(nn.Module):
+class _CellAndOutputCarry:
+  """Carry ``(c, h)`` (cell state, last output) of zeros; the output is ``h`` (LSTM, SRU)."""
+
+  @nn.nowrap
+  def initial_state(self, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
+    """``(c, h)``, zeros [*batch_shape, features] in ``dtype``."""
+    z = jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
+    return z, z
+
+  @staticmethod
+  def carry_output(carry: tuple[Array, Array]) -> Array:
+    """The last output ``h``."""
+    return carry[1]
+
+
+class LSTMCell(_CellAndOutputCarry, nn.Module):
   """LSTM with a forget gate (Hochreiter & Schmidhuber, Neural Computation 1997; Gers et al., Neural Computation
   2000), optional peepholes (Gers & Schmidhuber, IJCNN 2000); carry ``(c, h)``, output ``h``::
 
@@ -319,19 +334,9 @@ class LSTMCell(nn.Module):
     new_h = jax.nn.sigmoid(zo) * jnp.tanh(new_c)
     return (new_c, new_h), new_h
 
-  @nn.nowrap
-  def initial_state(self, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
-    """``(c, h)``, zeros [*batch_shape, features] in ``dtype``."""
-    z = jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
-    return z, z
-
-  @staticmethod
-  def carry_output(carry: tuple[Array, Array]) -> Array:
-    """The output is ``h``."""
-    return carry[1]
 
 
-class SRUCell(nn.Module):
+class SRUCell(_CellAndOutputCarry, nn.Module):
   """Simple Recurrent Unit (Lei et al., "Simple Recurrent Units for Highly Parallelizable Recurrence", EMNLP 2018)::
 
       f  = sigmoid(x W_f + v_f * c + b_f)
@@ -370,16 +375,6 @@ class SRUCell(nn.Module):
     h = rg * new_c + (1.0 - rg) * x
     return (new_c, h), h
 
-  @nn.nowrap
-  def initial_state(self, batch_shape: tuple[int, ...]) -> tuple[Array, Array]:
-    """``(c, h)``, zeros [*batch_shape, features] in ``dtype``."""
-    z = jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
-    return z, z
-
-  @staticmethod
-  def carry_output(carry: tuple[Array, Array]) -> Array:
-    """The last output ``h``."""
-    return carry[1]
 
 
 def zero_carry(cell: nn.Module, inputs: Array) -> Any:
