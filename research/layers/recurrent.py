@@ -51,7 +51,21 @@ def _blockwise(init: Callable, blocks: int) -> Callable:
   return init_fn
 
 
-class GRUCell(nn.Module):
+class _StateIsOutput:
+  """Carry = the hidden state, zeros initially; the output a cell in state ``carry`` emits is the state itself
+  (GRU, Elman), which :func:`scan_rnn` repeats at masked steps."""
+
+  @nn.nowrap
+  def initial_state(self, batch_shape: tuple[int, ...]) -> Array:
+    """Zeros [*batch_shape, features] in ``dtype``."""
+    return jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
+
+  @staticmethod
+  def carry_output(carry: Array) -> Array:
+    return carry
+
+
+class GRUCell(_StateIsOutput, nn.Module):
   """One GRU step (module docstring equations): ``(h [..., F], x [..., D]) -> (h' [..., F], h' [..., F])``."""
   features: int
   kernel_init: Callable = nn.initializers.lecun_normal()
@@ -81,16 +95,6 @@ class GRUCell(nn.Module):
     new_h = (1.0 - z) * n + z * h
     return new_h, new_h
 
-  @nn.nowrap
-  def initial_state(self, batch_shape: tuple[int, ...]) -> Array:
-    """Zeros [*batch_shape, features] in ``dtype``."""
-    return jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
-
-  @staticmethod
-  def carry_output(carry: Array) -> Array:
-    """The output a cell in state ``carry`` emits (a GRU's output is its state); :func:`scan_rnn` repeats it at
-    masked steps."""
-    return carry
 
 
 def _where_batch(m: Array, a, b):
@@ -218,7 +222,7 @@ class StackedGRU(nn.Module):
 # transposed (``x @ input_kernel``), recurrent kernels orthogonal per gate block, ``dtype`` (compute) / ``param_dtype``.
 
 
-class SimpleRNNCell(nn.Module):
+class SimpleRNNCell(_StateIsOutput, nn.Module):
   """Elman RNN (Elman, "Finding structure in time", Cognitive Science 1990): ``h' = act(x W + h U + b)``; carry and
   output ``h [..., F]``. Parameters ``input_kernel`` [D, F] (W), ``input_bias`` [F] (b), ``recurrent_kernel`` [F, F]
   (U)."""
@@ -240,15 +244,6 @@ class SimpleRNNCell(nn.Module):
     new_h = self.activation(x.astype(dt) @ wi.astype(dt) + bi.astype(dt) + h.astype(dt) @ wh.astype(dt))
     return new_h, new_h
 
-  @nn.nowrap
-  def initial_state(self, batch_shape: tuple[int, ...]) -> Array:
-    """Zeros [*batch_shape, features] in ``dtype``."""
-    return jnp.zeros(tuple(batch_shape) + (self.features,), self.dtype)
-
-  @staticmethod
-  def carry_output(carry: Array) -> Array:
-    """The output is the state."""
-    return carry
 
 
 def _check_state(name: str, h: Array, x: Array, features: int):
