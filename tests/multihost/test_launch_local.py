@@ -67,7 +67,10 @@ def test_sigterm_to_the_launcher_cleans_up_children():
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     out, deadline = "", time.monotonic() + 30
-    while out.count("hello from") < 2 and time.monotonic() < deadline:
+    # both children greeted AND the launcher reported both pids (its "started" lines and the children's output
+    # come through one pipe in either order)
+    while ((out.count("hello from") < 2 or len(re.findall(r"pid (\d+)", out)) < 2)
+           and time.monotonic() < deadline):
       out += launcher.stdout.readline()
     pids = [int(p) for p in re.findall(r"pid (\d+)", out)]
     assert len(pids) == 2, out
