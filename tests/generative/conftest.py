@@ -10,3 +10,4 @@ def parts3d_small(tmp_path_factory):
   d = str(tmp_path_factory.mktemp("parts3d"))
   parts3d.builder("small", d)
   return d
+
