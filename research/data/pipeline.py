@@ -41,12 +41,14 @@ from research.data import rgbd as rgbd_lib  # noqa: F401  (registers the TFDS bu
 from research.data import digits as digits_lib  # noqa: F401  (registers the TFDS builder "digits")
 from research.data import parts3d as parts3d_lib  # noqa: F401  (registers the TFDS builder "shapes3d_parts")
 from research.data import styles as styles_lib  # noqa: F401  (registers the TFDS builder "shapes_styles")
+from research.data import text_corpora as text_corpora_lib  # noqa: F401  (registers the TFDS builder "text_topics")
 from research.data import shapes_render
 
 PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
               "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo,
               "shapes_rgbd": rgbd_lib.ShapesRGBD, "digits": digits_lib.Digits,
-              "shapes_styles": styles_lib.ShapesStyles, "shapes3d_parts": parts3d_lib.Shapes3DParts}
+              "shapes_styles": styles_lib.ShapesStyles, "shapes3d_parts": parts3d_lib.Shapes3DParts,
+              "text_topics": text_corpora_lib.TextTopics}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
