@@ -1,7 +1,10 @@
 """Recurrent layers: a GRU cell written from its equations, a masked ``nn.scan`` over time, bidirectional and stacked
 GRUs (used by PQ-NET's part Seq2Seq, Wu et al. CVPR 2020 §3.2; generic for other sequence models); Elman, LSTM
 (optionally with peepholes) and SRU cells, cell-generic :class:`RNN` / :class:`Bidirectional` / :class:`Stacked`
-layers, truncated BPTT (:func:`truncated_bptt_chunks`) and a 2-D multi-dimensional RNN (:class:`MDRNN`).
+layers, an :class:`SRU` layer with its input projections outside the scan (Lei et al. 2018, §3), truncated BPTT
+(:func:`truncated_bptt_chunks`), a 2-D multi-dimensional RNN (:class:`MDRNN`), and PyTorch ``nn.LSTM`` / ``nn.GRU`` /
+``nn.RNN`` weights as :class:`Stacked` parameters (:func:`params_from_torch`, pure numpy; checked against golden
+files in ``tests/models/test_recurrent_torch_parity.py``).
 
 GRU (Cho et al., EMNLP 2014, §2.3), in the variant of PyTorch's ``nn.GRU``, cuDNN and ``flax.linen.GRUCell``, where the
 reset gate multiplies the recurrent projection *after* the matrix product, bias ``b_hn`` included::
@@ -35,6 +38,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -441,6 +445,74 @@ class RNN(nn.Module):
     return y, carry
 
 
+class _SRUWeights(nn.Module):
+  """The parameters of :class:`SRUCell` (same names, shapes and initialisers) for inputs of width ``d``."""
+  features: int
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  recurrent_init: Callable = nn.initializers.normal(0.1)
+  bias_init: Callable = nn.initializers.zeros_init()
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, d: int) -> dict[str, Array]:
+    f, pd = self.features, self.param_dtype
+    out = {"input_kernel": self.param("input_kernel", self.kernel_init, (d, 3 * f), pd),
+           "input_bias": self.param("input_bias", self.bias_init, (2 * f,), pd),
+           "recurrent_weights": self.param("recurrent_weights", self.recurrent_init, (2 * f,), pd)}
+    if d != f:
+      out["highway_kernel"] = self.param("highway_kernel", self.kernel_init, (d, f), pd)
+    return out
+
+
+class SRU(nn.Module):
+  """An SRU layer computed as Lei et al. (EMNLP 2018, §3) prescribe for speed: the input
+  projections ``x W``, ``x W_f``, ``x W_r`` (and the highway ``x W_p``) of ALL steps are one matrix product
+  ``[B * T, D] x [D, 3F]`` before the scan, which then runs only the element-wise recurrence of :class:`SRUCell`.
+  The same function and parameters as ``RNN(SRUCell, features)`` (tree ``{"cell": {...}}``, same initialisers),
+  ``mask`` / ``reverse`` / ``initial_carry`` included: ``inputs [B, T, D] -> (outputs [B, T, F], final carry
+  (c, h))``."""
+  features: int
+  cell_kwargs: Any = flax.core.FrozenDict()
+  reverse: bool = False
+  unroll: int = 1
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: Array, initial_carry: Any = None, *, mask: Array | None = None) -> tuple[Array, Any]:
+    if inputs.ndim != 3:
+      raise ValueError(f"SRU: inputs must be [B, T, D], got shape {inputs.shape}")
+    b, t, d = inputs.shape
+    f, dt = self.features, self.dtype
+    p = _SRUWeights(f, param_dtype=self.param_dtype, name="cell", **dict(self.cell_kwargs))(d)
+    x = inputs.astype(dt)
+    z = x @ p["input_kernel"].astype(dt)  # [B, T, 3F]: every step's projections at once
+    zf = z[..., f:2 * f] + p["input_bias"][:f].astype(dt)
+    zr = z[..., 2 * f:] + p["input_bias"][f:].astype(dt)
+    highway = x @ p["highway_kernel"].astype(dt) if d != f else x
+    vf, vr = p["recurrent_weights"][:f].astype(dt), p["recurrent_weights"][f:].astype(dt)
+    if mask is None:
+      mask = jnp.ones((b, t), bool)
+    elif jnp.shape(mask) != (b, t):
+      raise ValueError(f"SRU: mask must be bool [B, T] = {(b, t)} (True at valid steps), got {jnp.shape(mask)}")
+    if initial_carry is None:
+      initial_carry = (zero_state((b, f), dt, inputs), zero_state((b, f), dt, inputs))
+
+    def step(carry, xs):
+      c, h = carry
+      xt, ft, rt, hw, m = xs
+      fg = jax.nn.sigmoid(ft + vf * c)
+      rg = jax.nn.sigmoid(rt + vr * c)
+      new_c = fg * c + (1.0 - fg) * xt
+      new_h = rg * new_c + (1.0 - rg) * hw
+      new = _where_batch(m, (new_c, new_h), (c, h))
+      return new, new[1]
+
+    xs = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0), (z[..., :f], zf, zr, highway, jnp.asarray(mask, bool)))
+    carry, y = jax.lax.scan(step, initial_carry, xs, reverse=self.reverse, unroll=self.unroll)
+    return jnp.moveaxis(y, 0, 1), carry
+
+
 def _tree_stack(trees: list) -> Any:
   return jax.tree.map(lambda *a: jnp.stack(a), *trees)
 
@@ -588,3 +660,83 @@ class MDRNN(nn.Module):
       y = MDRNNSweep(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name=corner)(xf)
       outs.append(jnp.flip(y, axes) if axes else y)
     return jnp.concatenate(outs, -1) if self.merge == "concat" else sum(outs[1:], outs[0])
+
+
+# ------------------------------------------------------------------------------------------- PyTorch weight mapping
+
+TORCH_CELLS = {"LSTM": LSTMCell, "GRU": GRUCell, "RNN_TANH": SimpleRNNCell}
+"""torch ``module.mode`` -> the cell with the same equations (``RNN_TANH``: ``nn.RNN(nonlinearity="tanh")``)."""
+
+
+def cell_params_from_torch(mode: str, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> dict[str, Any]:
+  """One layer-direction of a PyTorch ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN(nonlinearity="tanh")`` as the parameters of
+  :class:`LSTMCell` / :class:`GRUCell` / :class:`SimpleRNNCell` (numpy in, numpy out; no torch needed).
+
+  ``mode`` is the torch module's ``mode`` attribute (``"LSTM"``, ``"GRU"``, ``"RNN_TANH"``); ``weight_ih`` [G*F, D],
+  ``weight_hh`` [G*F, F], ``bias_ih``, ``bias_hh`` [G*F] (None for ``bias=False``) are its ``weight_ih_l{k}[_reverse]``
+  etc. PyTorch's gate blocks are ``i, f, g, o`` (LSTM) and ``r, z, n`` (GRU), the orders of these cells, so only the
+  transposes and the bias sums remain::
+
+      LSTM:  input_kernel = weight_ih.T, recurrent_kernel = weight_hh.T, input_bias = bias_ih + bias_hh
+      RNN:   the same (one block, h' = tanh(x W_ih^T + b_ih + h W_hh^T + b_hh))
+      GRU:   input_kernel = weight_ih.T, recurrent_kernel = weight_hh.T,
+             input_bias = bias_ih + bias_hh with its n block replaced by bias_ih[2F:] (b_hn sits inside r * (.)),
+             recurrent_bias = bias_hh[2F:]
+
+  The LSTM has no peepholes (PyTorch has none); ``proj_size`` LSTMs (``weight_hr``) have no counterpart here.
+  """
+  if mode not in TORCH_CELLS:
+    raise ValueError(f"cell_params_from_torch: mode={mode!r} must be one of {tuple(TORCH_CELLS)} (torch module.mode; "
+                     f"RNN_RELU has no counterpart with SimpleRNNCell's default tanh)")
+  w_ih, w_hh = np.asarray(weight_ih), np.asarray(weight_hh)
+  blocks = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode]
+  f = w_hh.shape[1]
+  if w_hh.shape != (blocks * f, f) or w_ih.ndim != 2 or w_ih.shape[0] != blocks * f:
+    raise ValueError(f"cell_params_from_torch({mode}): weight_ih {w_ih.shape} must be [{blocks}F, D] and weight_hh "
+                     f"{w_hh.shape} [{blocks}F, F]")
+  zeros = np.zeros(blocks * f, w_ih.dtype)
+  b_ih = zeros if bias_ih is None else np.asarray(bias_ih)
+  b_hh = zeros if bias_hh is None else np.asarray(bias_hh)
+  out = {"input_kernel": w_ih.T.copy(), "recurrent_kernel": w_hh.T.copy(), "input_bias": b_ih + b_hh}
+  if mode == "GRU":
+    out["input_bias"][2 * f:] = b_ih[2 * f:]
+    out["recurrent_bias"] = b_hh[2 * f:].copy()
+  return out
+
+
+def params_from_torch(state_dict, mode: str, *, num_layers: int = 1, bidirectional: bool = False) -> dict[str, Any]:
+  """A PyTorch ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN(nonlinearity="tanh")`` ``state_dict`` (name -> numpy array, e.g.
+  ``{k: v.numpy() for k, v in m.state_dict().items()}``) as the ``params`` of :class:`Stacked` with the matching cell
+  (``Stacked(TORCH_CELLS[mode], hidden_size, num_layers, bidirectional)``), pure numpy.
+
+  Layout: torch's ``*_l{k}`` go to ``layer{k}`` (with ``bidirectional``: ``layer{k}/forward`` and ``*_l{k}_reverse``
+  to ``layer{k}/backward``), each mapped by :func:`cell_params_from_torch`. The rest lines up as is: inputs and
+  outputs batch-major (torch's ``batch_first=True``), bidirectional outputs forward then backward features, final
+  states ``[num_layers * directions, B, F]`` layer-major with forward before backward (torch's ``h_n``); the LSTM
+  carry is ``(c, h)`` where torch returns ``(h_n, c_n)``. A packed batch (``pack_padded_sequence``) is a ``mask``
+  [B, T] of its lengths: outputs agree at valid steps (ours repeat the last state through the padding where torch's
+  ``pad_packed_sequence`` writes zeros) and final states agree.
+  """
+  sd = dict(state_dict)
+  if any(k.startswith("weight_hr") for k in sd):
+    raise ValueError("params_from_torch: LSTMs with proj_size (weight_hr_l*) have no counterpart here")
+  out: dict[str, Any] = {}
+  used = set()
+  for layer in range(num_layers):
+    dirs = {}
+    for suffix, name in (("", "forward"), ("_reverse", "backward"))[:2 if bidirectional else 1]:
+      key = f"_l{layer}{suffix}"
+      if f"weight_ih{key}" not in sd:
+        raise ValueError(f"params_from_torch: state_dict has no weight_ih{key} (num_layers={num_layers}, "
+                         f"bidirectional={bidirectional}; keys: {sorted(sd)})")
+      names = [f"{w}{key}" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+      used.update(names)
+      dirs[name] = cell_params_from_torch(mode, *(sd.get(n) for n in names))
+    out[f"layer{layer}"] = dirs if bidirectional else dirs["forward"]
+  extra = sorted(set(sd) - used)
+  if extra:
+    raise ValueError(f"params_from_torch: state_dict entries {extra} are not part of a {num_layers}-layer "
+                     f"{'bidirectional' if bidirectional else 'unidirectional'} {mode}: check num_layers / "
+                     f"bidirectional")
+  return out
+
