@@ -42,13 +42,14 @@ from research.data import digits as digits_lib  # noqa: F401  (registers the TFD
 from research.data import parts3d as parts3d_lib  # noqa: F401  (registers the TFDS builder "shapes3d_parts")
 from research.data import styles as styles_lib  # noqa: F401  (registers the TFDS builder "shapes_styles")
 from research.data import text_corpora as text_corpora_lib  # noqa: F401  (registers the TFDS builder "text_topics")
+from research.data import ner as ner_lib  # noqa: F401  (registers the TFDS builder "grammar_ner")
 from research.data import shapes_render
 
 PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
               "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo,
               "shapes_rgbd": rgbd_lib.ShapesRGBD, "digits": digits_lib.Digits,
               "shapes_styles": styles_lib.ShapesStyles, "shapes3d_parts": parts3d_lib.Shapes3DParts,
-              "text_topics": text_corpora_lib.TextTopics}
+              "text_topics": text_corpora_lib.TextTopics, "grammar_ner": ner_lib.GrammarNER}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
@@ -251,7 +252,7 @@ def _split_sizes(builder) -> dict[str, int]:
   if builder.info.splits:
     return {k: v.num_examples for k, v in builder.info.splits.items()}
   sizes = {}
-  for split in ("train", "test", "validation"):
+  for split in ("train", "test", "validation", "dev"):  # "dev": e.g. TFDS conll2003
     try:
       sizes[split] = len(builder.as_data_source(split=split))
     except Exception:  # split absent

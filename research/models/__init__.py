@@ -18,6 +18,7 @@ from research.models import detection as _detection  # noqa: F401,E402  (family 
 from research.models import graph as _graph  # noqa: F401,E402  (family "graph")
 from research.models import segmentation as _segmentation  # noqa: F401,E402  (families "segmentation", "dense")
 from research.models import generative as _generative  # noqa: F401,E402  (family "generative")
+from research.models.sequence import tener as _tener  # noqa: F401,E402  (family "text")
 from research.models.sequence import fasttext as _fasttext  # noqa: F401,E402  (family "text")
 
 __all__ = ["create", "names", "register", "register_pattern"]
