@@ -52,6 +52,8 @@ PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesSce
               "text_topics": text_corpora_lib.TextTopics, "grammar_ner": ner_lib.GrammarNER}
 from research.data import doctors as doctors_lib  # noqa: E402  (registers the TFDS builder "patient_visits")
 PROCEDURAL["patient_visits"] = doctors_lib.PatientVisits
+from research.data import voice_face as voice_face_lib  # noqa: E402  (registers the TFDS builder "voice_face")
+PROCEDURAL["voice_face"] = voice_face_lib.VoiceFace
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 
