@@ -50,6 +50,8 @@ PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesSce
               "shapes_rgbd": rgbd_lib.ShapesRGBD, "digits": digits_lib.Digits,
               "shapes_styles": styles_lib.ShapesStyles, "shapes3d_parts": parts3d_lib.Shapes3DParts,
               "text_topics": text_corpora_lib.TextTopics, "grammar_ner": ner_lib.GrammarNER}
+from research.data import audio as audio_lib  # noqa: E402  (registers the TFDS builder "audio_events")
+PROCEDURAL["audio_events"] = audio_lib.AudioEvents
 from research.data import doctors as doctors_lib  # noqa: E402  (registers the TFDS builder "patient_visits")
 PROCEDURAL["patient_visits"] = doctors_lib.PatientVisits
 from research.data import voice_face as voice_face_lib  # noqa: E402  (registers the TFDS builder "voice_face")

@@ -22,5 +22,6 @@ from research.models.sequence import tener as _tener  # noqa: F401,E402  (family
 from research.models.sequence import fasttext as _fasttext  # noqa: F401,E402  (family "text")
 from research.models.sequence import voice_face as _voice_face  # noqa: F401,E402  (family "sequence")
 from research.models.sequence import doctor2vec as _doctor2vec  # noqa: F401,E402  (family "sequence")
+from research.models.sequence import audio as _audio  # noqa: F401,E402  (family "sequence")
 
 __all__ = ["create", "names", "register", "register_pattern"]
