@@ -42,20 +42,21 @@ from research.data import digits as digits_lib  # noqa: F401  (registers the TFD
 from research.data import parts3d as parts3d_lib  # noqa: F401  (registers the TFDS builder "shapes3d_parts")
 from research.data import styles as styles_lib  # noqa: F401  (registers the TFDS builder "shapes_styles")
 from research.data import text_corpora as text_corpora_lib  # noqa: F401  (registers the TFDS builder "text_topics")
+from research.data import captions as captions_lib  # noqa: F401  (registers the TFDS builder "shapes_captions")
 from research.data import ner as ner_lib  # noqa: F401  (registers the TFDS builder "grammar_ner")
+from research.data import audio as audio_lib  # noqa: F401  (registers the TFDS builder "audio_events")
+from research.data import doctors as doctors_lib  # noqa: F401  (registers the TFDS builder "patient_visits")
+from research.data import voice_face as voice_face_lib  # noqa: F401  (registers the TFDS builder "voice_face")
 from research.data import shapes_render
 
 PROCEDURAL = {"shapes": shapes_lib.Shapes, "shapes_scenes": scenes_lib.ShapesScenes,
               "citation_sbm": citation_sbm_lib.CitationSBM, "shapes_video": video_lib.ShapesVideo,
               "shapes_rgbd": rgbd_lib.ShapesRGBD, "digits": digits_lib.Digits,
               "shapes_styles": styles_lib.ShapesStyles, "shapes3d_parts": parts3d_lib.Shapes3DParts,
-              "text_topics": text_corpora_lib.TextTopics, "grammar_ner": ner_lib.GrammarNER}
-from research.data import audio as audio_lib  # noqa: E402  (registers the TFDS builder "audio_events")
-PROCEDURAL["audio_events"] = audio_lib.AudioEvents
-from research.data import doctors as doctors_lib  # noqa: E402  (registers the TFDS builder "patient_visits")
-PROCEDURAL["patient_visits"] = doctors_lib.PatientVisits
-from research.data import voice_face as voice_face_lib  # noqa: E402  (registers the TFDS builder "voice_face")
-PROCEDURAL["voice_face"] = voice_face_lib.VoiceFace
+              # sequence, language, audio and multimodal corpora (issue 16)
+              "text_topics": text_corpora_lib.TextTopics, "grammar_ner": ner_lib.GrammarNER,
+              "shapes_captions": captions_lib.ShapesCaptions, "audio_events": audio_lib.AudioEvents,
+              "voice_face": voice_face_lib.VoiceFace, "patient_visits": doctors_lib.PatientVisits}
 AUGMENTATIONS = ("none", "crop", "crop_flip")
 
 

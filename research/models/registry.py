@@ -17,8 +17,7 @@ Factory = Callable[..., nn.Module]
 _EXACT: dict[str, Factory] = {}
 _FAMILY: dict[str, str] = {}
 # "dense": dense predictors other than semantic segmentation (SegFlow, one-shot segmentation, depth super-resolution)
-FAMILIES = ("classification", "detection", "segmentation", "dense", "pose", "generative", "sequence", "graph",
-            "text")
+FAMILIES = ("classification", "detection", "segmentation", "dense", "pose", "generative", "sequence", "graph")
 _PATTERNS: list[tuple[re.Pattern[str], Callable[..., nn.Module], str]] = []
 
 

@@ -59,7 +59,7 @@ def test_model_shapes_registry_and_padding():
     chex.assert_shape(out, (3, 5))
     assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
     np.testing.assert_allclose(np.asarray(apply(params, longer)), np.asarray(out), rtol=1e-5, atol=1e-6)
-  assert {"fasttext", "text_bilstm", "text_cnn"} <= set(models.names("text"))
+  assert {"fasttext", "text_bilstm", "text_cnn"} <= set(models.names("sequence"))
 
 
 def test_fasttext_masked_mean_equals_numpy_bag_average():

@@ -12,7 +12,7 @@ linear classifier ``B`` maps it to the classes. The loss is the negative log-lik
   label's path.
 
 As in the fastText code the table starts ``U(-1/dim, 1/dim)`` and the classifier at zero, and there is no bias.
-Models are registered in the family ``"text"``: ``fasttext``, ``text_bilstm`` (1-layer bidirectional LSTM, masked
+Models are registered in the family ``"sequence"``: ``fasttext``, ``text_bilstm`` (1-layer bidirectional LSTM, masked
 max-pool over time; ``research.layers.recurrent``) and ``text_cnn`` (Kim, "Convolutional Neural Networks for Sentence
 Classification", EMNLP 2014: filter widths 3, 4, 5, max-over-time pooling, dropout). All three are called as
 ``model(ids [B, L] int32, *, train, mask=None)``; ``mask`` defaults to ``ids != 0`` (id 0 is ``<pad>``).
@@ -181,19 +181,19 @@ class TextCNN(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype)(z).astype(jnp.float32)
 
 
-@register("fasttext", family="text")
+@register("fasttext", family="sequence")
 def fasttext(num_embeddings: int = 1000, num_classes: int = 2, **kw) -> FastText:
   """fastText: averaged word + hashed n-gram embeddings, linear classifier, softmax or hierarchical softmax."""
   return FastText(num_embeddings=num_embeddings, num_classes=num_classes, **kw)
 
 
-@register("text_bilstm", family="text")
+@register("text_bilstm", family="sequence")
 def text_bilstm(num_embeddings: int = 1000, num_classes: int = 2, **kw) -> TextBiLSTM:
   """1-layer BiLSTM text classifier (max-pool over time): the recurrent baseline."""
   return TextBiLSTM(num_embeddings=num_embeddings, num_classes=num_classes, **kw)
 
 
-@register("text_cnn", family="text")
+@register("text_cnn", family="sequence")
 def text_cnn(num_embeddings: int = 1000, num_classes: int = 2, **kw) -> TextCNN:
   """Kim (2014) CNN text classifier: the convolutional baseline."""
   return TextCNN(num_embeddings=num_embeddings, num_classes=num_classes, **kw)

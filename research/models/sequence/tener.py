@@ -21,7 +21,7 @@ Inputs (id 0 is padding for words and characters, as ``research.data.text.Vocabu
 (default ``words != 0``; must be left-aligned), ``features [B, T, F]`` float (optional extra per-word features
 concatenated to the embeddings, e.g. ESuLMO's subword language-model states).
 
-Registered in model family ``"text"``: ``tener``, ``transformer_ner``, ``bilstm_crf``
+Registered in model family ``"sequence"``: ``tener``, ``transformer_ner``, ``bilstm_crf``
 (``research.models.create("tener", num_tags=9, vocab_size=..., char_vocab_size=...)``).
 """
 
@@ -206,19 +206,19 @@ class SequenceTagger(nn.Module):
     return jnp.where(mask, jnp.argmax(emissions, axis=-1), 0).astype(jnp.int32)
 
 
-@register("tener", family="text")
+@register("tener", family="sequence")
 def tener(**kw) -> SequenceTagger:
   """TENER: relative direction- and distance-aware, un-scaled attention; character Transformer; CRF."""
   return SequenceTagger(**{"encoder": "tener", **kw})
 
 
-@register("transformer_ner", family="text")
+@register("transformer_ner", family="sequence")
 def transformer_ner(**kw) -> SequenceTagger:
   """The vanilla Transformer encoder (absolute sinusoids, scaled attention) with the same embeddings and CRF."""
   return SequenceTagger(**{"encoder": "transformer", **kw})
 
 
-@register("bilstm_crf", family="text")
+@register("bilstm_crf", family="sequence")
 def bilstm_crf(**kw) -> SequenceTagger:
   """BiLSTM-CRF (Huang et al. 2015; Lample et al. 2016) with TENER's embedding layer."""
   return SequenceTagger(**{"encoder": "bilstm", **kw})
