@@ -35,7 +35,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   """Every flag of ``experiments.tener``: one per ``TENERConfig`` field, ``--workdir`` and the alias ``--variant``."""
   common.define_flags(TENERConfig, flag_values=flag_values)
   common.define_flags(ExperimentFlags, flag_values=flag_values)
-  flags.DEFINE_alias("variant", "variants", flag_values=flag_values)
+  if "variant" not in flag_values:  # experiments.tcc defines the same alias of the shared --variants
+    flags.DEFINE_alias("variant", "variants", flag_values=flag_values)
 
 
 define_flags()

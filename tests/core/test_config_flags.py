@@ -37,7 +37,8 @@ CONFIGS = [ClassifyConfig, SuperConvergenceConfig, LargeMinibatchConfig, WRNBloc
            TCCConfig, SegmentationConfig, SegFlowConfig, DepthSRConfig, OneShotConfig]
 EXPERIMENTS = ("classify", "super_convergence", "large_minibatch", "wrn_blocks", "task2vec", "mask_rcnn",
                "faster_rcnn", "deformable", "rfcn", "classical", "gcn", "line", "glmnet", "tcc", "segmentation",
-               "segflow", "depth_sr", "one_shot_segmentation", "gan", "vae", "edit", "pqnet")
+               "segflow", "depth_sr", "one_shot_segmentation", "gan", "vae", "edit", "pqnet", "fasttext", "tener",
+               "rnn_cells", "captioning", "audio_tagging", "voice_face", "doctor2vec")
 
 
 def _parsed(config_cls, *args, **kw) -> flags.FlagValues:
