@@ -279,14 +279,7 @@ def load_audio_split(dataset: str, split: str, data_dir: str | None = None, *,
   else:
     raise ValueError(f"--dataset={dataset!r}: 'labels' must be a multi-hot Tensor [C] or a Sequence(ClassLabel), "
                      f"got {type(lab).__name__} with shape {lab.shape}")
-  source = pipeline.get_source(dataset, split, data_dir)
-  n = len(source)
-  try:  # batched random access (array_record), else one record at a time (tfds.testing.mock_data)
-    rows = source.__getitems__(list(range(n)))
-  except (AttributeError, TypeError):
-    rows = [source[i] for i in range(n)]
-  if "index" in features:
-    rows = sorted(rows, key=lambda r: int(r["index"]))
+  rows = pipeline.read_split(dataset, split, data_dir, order_by="index" if "index" in features else None)
   if limit is not None:
     rows = rows[:limit]
   audio = np.stack([np.asarray(r["audio"]) for r in rows])

@@ -330,9 +330,7 @@ def load(dataset: str = "patient_visits", data_dir: str | None = None) -> dict[s
                      f"(research.data.doctors); it has splits {sorted(info.splits)}, missing features {missing}")
   out = {}
   for split in SPLITS:
-    source = pipeline.get_source(dataset, split, data_dir)
-    rows = pipeline._read(source, list(range(len(source))))  # noqa: SLF001  (batched random access)
-    rows = sorted(rows, key=lambda r: int(r["index"]))
+    rows = pipeline.read_split(dataset, split, data_dir, order_by="index")
     keys = _DOCTOR_KEYS if split == "doctors" else _TRIAL_KEYS
     out[split] = {k: np.stack([np.asarray(r[k]) for r in rows]) for k in keys}
   out["doctors"]["condition"] = out["doctors"].pop("patient_condition")

@@ -479,6 +479,16 @@ def _read(source, indices: list[int]) -> list:
     return [source[i] for i in indices]
 
 
+def read_split(name: str, split: str, data_dir: str | None = None, *, order_by: str | None = None) -> list:
+  """Every decoded record of one split (batched random access where the source has it), sorted by the integer
+  feature ``order_by`` when given and present (e.g. a builder's ``index``: TFDS shuffles records on write)."""
+  source = get_source(name, split, data_dir)
+  rows = _read(source, list(range(len(source))))
+  if order_by is not None and rows and order_by in rows[0]:
+    rows = sorted(rows, key=lambda r: int(r[order_by]))
+  return rows
+
+
 def load_arrays(name: str, split: str, data_dir: str | None = None,
                 keys: tuple[str, ...] = ("image", "label", "coarse_label")) -> dict[str, np.ndarray]:
   """A whole split as numpy arrays (``image`` uint8 [N,H,W,C], integer labels [N])."""

@@ -343,14 +343,7 @@ def load_text_split(dataset: str, split: str, data_dir: str | None = None, *, te
   if not isinstance(features[label_key], tfds.features.ClassLabel):
     raise ValueError(f"dataset {dataset!r}: feature {label_key!r} must be a ClassLabel, got "
                      f"{type(features[label_key]).__name__}")
-  source = pipeline.get_source(dataset, split, data_dir)
-  n = len(source)
-  try:  # batched random access (array_record), else one record at a time (tfds.testing.mock_data)
-    rows = source.__getitems__(list(range(n)))
-  except (AttributeError, TypeError):
-    rows = [source[i] for i in range(n)]
-  if "index" in features:
-    rows = sorted(rows, key=lambda r: int(r["index"]))
+  rows = pipeline.read_split(dataset, split, data_dir, order_by="index" if "index" in features else None)
   if limit is not None:
     rows = rows[:limit]
   texts = [" ".join(_as_str(r[k]) for k in text_keys) for r in rows]

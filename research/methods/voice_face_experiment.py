@@ -108,13 +108,7 @@ def load_split(dataset: str, split: str, data_dir: str | None) -> dict[str, np.n
   if missing:
     raise ValueError(f"--dataset={dataset!r} has no feature(s) {missing}; a voice-face dataset needs face "
                      f"[F, H, W, 3], voice [V, T, M] and identity (features: {sorted(info.features)})")
-  source = pipeline.get_source(dataset, split, data_dir)
-  n = len(source)
-  try:
-    rows = source.__getitems__(list(range(n)))
-  except (AttributeError, TypeError):
-    rows = [source[i] for i in range(n)]
-  rows = sorted(rows, key=lambda r: int(r["identity"]))
+  rows = pipeline.read_split(dataset, split, data_dir, order_by="identity")
   out = {"face": np.stack([np.asarray(r["face"], np.uint8) for r in rows]),
          "voice": np.stack([np.asarray(r["voice"], np.float32) for r in rows]),
          "identity": np.asarray([int(r["identity"]) for r in rows], np.int64)}
