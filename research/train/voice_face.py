@@ -42,6 +42,7 @@ import numpy as np
 import optax
 
 from research.ops import metric
+from research.train.audio_metrics import average_precision as average_precision_scores
 from research.train import task as task_lib
 
 LOSSES = ("triplet", "contrastive")
@@ -182,14 +183,11 @@ def matching_accuracy(query: np.ndarray, gallery: np.ndarray, triplets: np.ndarr
 
 
 def average_precision(distances: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-  """AP per query: distances [Q, G], relevant [Q, G] bool -> [Q] (ranked by ascending distance, stable order;
-  mean over the relevant items of the precision at their rank; 0 for a query without relevant items)."""
-  order = np.argsort(distances, axis=1, kind="stable")
-  rel = np.take_along_axis(relevant, order, axis=1).astype(np.float64)
-  hits = np.cumsum(rel, axis=1)
-  prec = hits / np.arange(1, rel.shape[1] + 1)
-  n_rel = rel.sum(axis=1)
-  return np.where(n_rel > 0, (prec * rel).sum(axis=1) / np.maximum(n_rel, 1), 0.0)
+  """AP per query: distances [Q, G], relevant [Q, G] bool -> [Q], ranked by ascending distance; the step-wise AP of
+  ``research.train.audio_metrics.average_precision`` (ties grouped, as scikit-learn) on the score ``-distance``;
+  0 for a query without relevant items."""
+  rows = [average_precision_scores(r, -d) if r.any() else 0.0 for d, r in zip(np.asarray(distances), relevant)]
+  return np.asarray(rows, np.float64)
 
 
 def retrieval_map(query: np.ndarray, query_id: np.ndarray, gallery: np.ndarray, gallery_id: np.ndarray) -> float:
